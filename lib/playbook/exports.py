@@ -1,0 +1,209 @@
+"""Exports: table data to CSV with row counts and SHA-256, listed in a manifest.
+
+The procedure document exports with ``\\copy (SELECT * FROM t) TO 'file.csv' CSV HEADER``.
+We do the same through COPY ... TO STDOUT, hashing while writing, inside one
+REPEATABLE READ read-only transaction so every file of an export shows the same moment.
+A manifest (``manifest.json``) lists each file's table, rows, bytes and SHA-256; a step
+that relies on an export (a drop, a re-import) first checks the manifest against the
+files and the live data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .errors import ExportMismatch
+from .names import QualifiedName
+
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+
+
+@dataclass
+class ExportedFile:
+    table: str  # schema.name as the operator reads it
+    schema: str
+    name: str
+    file: str  # relative to the export folder
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    created_at: str
+    database: str
+    purpose: str
+    files: list[ExportedFile] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def by_table(self) -> dict[str, ExportedFile]:
+        return {f.table: f for f in self.files}
+
+
+def _progress(total: int | None, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=not enabled,
+                leave=False)
+
+
+def export_query(conn: psycopg.Connection, query: sql.Composable, path: Path,
+                 *, show_progress: bool = False, description: str = "") -> tuple[int, int, str]:
+    """COPY (query) TO a CSV file with a header; returns (rows, bytes, sha256)."""
+    digest = hashlib.sha256()
+    written = 0
+    copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with conn.cursor() as cur, open(path, "wb") as out, \
+            _progress(None, description or path.name, show_progress) as bar:
+        with cur.copy(copy) as copying:
+            for chunk in copying:
+                data = bytes(chunk)
+                out.write(data)
+                digest.update(data)
+                written += len(data)
+                bar.update(len(data))
+        rows = cur.rowcount
+        out.flush()
+    return rows, written, digest.hexdigest()
+
+
+def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], folder: Path,
+                  *, purpose: str, show_progress: bool = True,
+                  where: dict[str, sql.Composable] | None = None,
+                  extra: dict | None = None) -> Manifest:
+    """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
+    consistent snapshot and write the manifest. The session must not be in a transaction."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        database=conn.info.dbname,
+        purpose=purpose,
+        extra=dict(extra or {}),
+    )
+    previous = (conn.isolation_level, conn.read_only)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    try:
+        with conn.transaction():
+            for table in tables:
+                query = sql.SQL("SELECT * FROM {}").format(table.identifier)
+                condition = (where or {}).get(str(table))
+                if condition is not None:
+                    query += sql.SQL(" WHERE ") + condition
+                file = f"{table.schema}.{table.name}.csv"
+                rows, size, digest = export_query(
+                    conn, query, folder / file, show_progress=show_progress,
+                    description=str(table),
+                )
+                manifest.files.append(
+                    ExportedFile(str(table), table.schema, table.name, file, rows, size, digest)
+                )
+    finally:
+        conn.isolation_level, conn.read_only = previous
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    path = folder / MANIFEST
+    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return path
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise ExportMismatch(
+            f"No export manifest at {path}. Nothing was changed.",
+            next_step="run the export step first, or point export_dir at the folder that holds "
+            "manifest.json.",
+        )
+    try:
+        data = json.loads(path.read_text())
+        files = [ExportedFile(**entry) for entry in data.pop("files")]
+        return Manifest(files=files, **data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ExportMismatch(
+            f"The export manifest {path} is unreadable ({exc}). Nothing was changed.",
+            next_step="export again; do not edit manifest.json by hand.",
+        ) from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(folder: Path, manifest: Manifest | None = None) -> list[str]:
+    """Problems with the export's files (missing, wrong size, wrong checksum); [] if sound."""
+    manifest = manifest or read_manifest(folder)
+    problems = []
+    for entry in manifest.files:
+        path = Path(folder) / entry.file
+        if not path.exists():
+            problems.append(f"{entry.file} is missing")
+        elif path.stat().st_size != entry.bytes:
+            problems.append(f"{entry.file} has {path.stat().st_size} bytes, manifest says "
+                            f"{entry.bytes}")
+        elif file_sha256(path) != entry.sha256:
+            problems.append(f"{entry.file} does not match its SHA-256")
+    return problems
+
+
+def require_sound_export(folder: Path) -> Manifest:
+    """The manifest, if every file is present and matches it; ExportMismatch otherwise."""
+    manifest = read_manifest(folder)
+    problems = verify_files(folder, manifest)
+    if problems:
+        raise ExportMismatch(
+            f"The export in {folder} is damaged: {'; '.join(problems)}. Nothing was changed.",
+            next_step="export again from the live data (or from a backup) before continuing.",
+        )
+    return manifest
+
+
+def live_counts(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> dict[str, int]:
+    return {
+        str(t): conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t.identifier)).fetchone()[0]
+        for t in tables
+    }
+
+
+def import_csv(conn: psycopg.Connection, table: QualifiedName, path: Path,
+               *, show_progress: bool = False) -> int:
+    """COPY a CSV export (with header) back into ``table`` in the current transaction;
+    returns the rows loaded. Columns are matched by the header's names."""
+    with open(path, "rb") as handle:
+        header = handle.readline()
+    columns = next(iter(_csv_rows(header)))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER)").format(
+        table.identifier, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    with conn.cursor() as cur, open(path, "rb") as handle, \
+            _progress(path.stat().st_size, str(table), show_progress) as bar:
+        with cur.copy(copy) as copying:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                copying.write(block)
+                bar.update(len(block))
+        return cur.rowcount
+
+
+def _csv_rows(line: bytes):
+    import csv
+    import io
+
+    return csv.reader(io.StringIO(line.decode()))

@@ -1,0 +1,198 @@
+"""Gates: the procedure's STOP questions, asked before anything is changed.
+
+In JupyterLab a gate shows each question as YES/NO toggle buttons, pre-filled from the
+``answers`` parameter; the next cell calls :meth:`Gate.check`, which raises
+:class:`GateClosed` naming every question answered NO or left blank. Headless, the same
+``answers`` mapping is the only way to answer, so a shipped parameters file full of
+``"no"`` can never open a gate by accident.
+
+A prerequisite that can be verified (a backup exists, an export matches) is verified,
+and the gate shows the evidence beside the operator's answer: a failed verification
+closes the gate whatever was answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .errors import ConfigurationError, GateClosed, WrongDatabase
+
+MODES = ("review", "execute")
+YES, NO = "yes", "no"
+
+
+def require_mode(mode: str) -> str:
+    """``mode`` if it is "review" or "execute"; ConfigurationError otherwise."""
+    if mode not in MODES:
+        raise ConfigurationError(
+            f"mode must be 'review' or 'execute', got {mode!r}. Nothing was changed.",
+            next_step="run with mode='review' first to see what would happen.",
+        )
+    return mode
+
+
+def confirm_target(current_database: str, mode: str, confirm_database: str) -> None:
+    """In execute mode, ``confirm_database`` must name the database we are connected to:
+    the operator's proof that they know which database this will change."""
+    require_mode(mode)
+    if mode != "execute":
+        return
+    if confirm_database != current_database:
+        shown = repr(confirm_database) if confirm_database else "nothing"
+        raise WrongDatabase(
+            f"confirm_database is {shown} but this session is connected to database "
+            f"{current_database!r}. Nothing was changed.",
+            next_step=f"check DATABASE_URL points where you mean, then pass "
+            f"confirm_database={current_database!r}.",
+        )
+
+
+def normalise_answer(question_id: str, value: object) -> str | None:
+    """'yes', 'no' or None (unanswered). YAML's bare yes/no arrive as booleans."""
+    if value is None or value == "":
+        return None
+    if value is True:
+        return YES
+    if value is False:
+        return NO
+    if isinstance(value, str) and value.strip().lower() in (YES, NO):
+        return value.strip().lower()
+    raise ConfigurationError(
+        f"The answer to {question_id!r} must be 'yes' or 'no', got {value!r}. Nothing was "
+        "changed.",
+        next_step="fix the value under `answers` in the parameters.",
+    )
+
+
+@dataclass
+class Verification:
+    """A prerequisite the playbook checked itself."""
+
+    passed: bool
+    evidence: str
+
+
+@dataclass
+class Gate:
+    """A set of YES/NO questions that must all be YES before the next step runs."""
+
+    name: str
+    questions: Mapping[str, str]
+    answers: Mapping[str, object] = field(default_factory=dict)
+    verifications: dict[str, Verification] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.answers, Mapping):
+            raise ConfigurationError(
+                f"answers must be a mapping of question id to 'yes'/'no', got "
+                f"{type(self.answers).__name__}.",
+                next_step="see the parameters file shipped with the notebook.",
+            )
+        # A typo in a question id must not silently leave a question unanswered.
+        self._given = {
+            qid: normalise_answer(qid, value)
+            for qid, value in self.answers.items()
+            if qid in self.questions
+        }
+        self._widgets: dict = {}
+
+    def verify(self, question_id: str, passed: bool, evidence: str) -> None:
+        """Attach a check's result to a question (the widget shows both)."""
+        if question_id not in self.questions:
+            raise KeyError(question_id)
+        self.verifications[question_id] = Verification(bool(passed), evidence)
+
+    # -- JupyterLab ---------------------------------------------------------------
+
+    def widget(self):
+        """The questions as ToggleButtons pre-filled from ``answers``."""
+        import ipywidgets as widgets
+
+        rows = [widgets.HTML(f"<b>{self.name}</b>: every answer must be YES to continue.")]
+        for qid, text in self.questions.items():
+            toggle = widgets.ToggleButtons(
+                options=[("YES", YES), ("NO", NO)],
+                value=self._given.get(qid),
+                description="",
+                tooltips=[f"{qid}: yes", f"{qid}: no"],
+            )
+            toggle.add_class(f"gate-{qid}")
+            self._widgets[qid] = toggle
+            label = widgets.HTML(f"{text} <code>{qid}</code>")
+            row = [label, toggle]
+            if qid in self.verifications:
+                check = self.verifications[qid]
+                mark = "&#x2705; verified" if check.passed else "&#x274C; check failed"
+                row.append(widgets.HTML(f"{mark}: {check.evidence}"))
+            rows.append(widgets.VBox(row))
+        return widgets.VBox(rows)
+
+    def show(self):
+        """Display the gate's widgets (in a notebook) and return them."""
+        from IPython.display import display
+
+        box = self.widget()
+        display(box)
+        return box
+
+    # -- the decision -------------------------------------------------------------
+
+    def current_answers(self) -> dict[str, str | None]:
+        """Answers as they stand: the widgets' values when shown, else ``answers``."""
+        if self._widgets:
+            return {qid: self._widgets[qid].value for qid in self.questions}
+        return {qid: self._given.get(qid) for qid in self.questions}
+
+    def table(self) -> pd.DataFrame:
+        answers = self.current_answers()
+        rows = []
+        for qid, text in self.questions.items():
+            check = self.verifications.get(qid)
+            rows.append({
+                "question": qid,
+                "asked": text,
+                "answer": (answers[qid] or "(unanswered)").upper(),
+                "verified": "" if check is None else ("pass" if check.passed else "FAIL"),
+                "evidence": "" if check is None else check.evidence,
+            })
+        return pd.DataFrame(rows)
+
+    def failing(self) -> dict[str, str]:
+        failing: dict[str, str] = {}
+        for qid, answer in self.current_answers().items():
+            if answer is None:
+                failing[qid] = "unanswered"
+            elif answer != YES:
+                failing[qid] = "answered NO"
+            check = self.verifications.get(qid)
+            if check is not None and not check.passed:
+                failing[qid] = f"check failed ({check.evidence})"
+        return failing
+
+    def check(self) -> pd.DataFrame:
+        """Raise GateClosed unless every question is YES and every check passed; return the
+        answers as a table for the record."""
+        failing = self.failing()
+        if failing:
+            raise GateClosed(failing, gate=self.name)
+        return self.table()
+
+
+def unknown_answers(answers: Mapping[str, object], *gates: Gate) -> list[str]:
+    """Answer ids that match no question of ``gates`` (typos in a parameters file)."""
+    known = {qid for gate in gates for qid in gate.questions}
+    return sorted(set(answers) - known)
+
+
+def reject_unknown_answers(answers: Mapping[str, object], *gates: Gate) -> None:
+    unknown = unknown_answers(answers, *gates)
+    if unknown:
+        known = sorted({qid for gate in gates for qid in gate.questions})
+        raise ConfigurationError(
+            f"answers names questions this notebook does not ask: {', '.join(unknown)}. "
+            "Nothing was changed.",
+            next_step=f"use the question ids {', '.join(known)}.",
+        )

@@ -1,0 +1,115 @@
+"""The start of every notebook: check the common parameters, find the target, say where
+we are. Nothing here writes to the database.
+
+Every notebook's first code cell after the parameters is::
+
+    run = begin_run("20_rollback_coaching_tables", database_url_env=database_url_env,
+                    mode=mode, confirm_database=confirm_database, answers=answers,
+                    incident_id=incident_id, operator=operator)
+
+which refuses, before any change, an unknown mode, a missing connection, a wrong
+``confirm_database`` in execute mode, and a transaction pooler for execute mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pandas as pd
+import psycopg
+
+from . import connecting
+from .errors import ConfigurationError
+from .gates import confirm_target, require_mode
+
+
+@dataclass
+class Run:
+    """What a notebook run knows about itself. The connection string stays private:
+    it is read from the environment and never shown or stored."""
+
+    notebook: str
+    mode: str
+    database_url_env: str
+    database: str
+    server_version: str
+    target: str
+    answers: Mapping[str, object]
+    incident_id: str
+    operator: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def executing(self) -> bool:
+        return self.mode == "execute"
+
+    def connect(self, *, read_only: bool | None = None, purpose: str | None = None,
+                **kwargs: object) -> psycopg.Connection:
+        """A session to the target; read-only unless executing (or told otherwise)."""
+        return connecting.connect(
+            self.database_url_env,
+            purpose=purpose or self.notebook,
+            read_only=(not self.executing) if read_only is None else read_only,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def url(self) -> str:
+        """The connection string, for tools that need it (pg_dump). Never display it."""
+        return connecting.database_url(self.database_url_env)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                ("notebook", self.notebook),
+                ("mode", self.mode),
+                ("target", self.target),
+                ("database", self.database),
+                ("server", self.server_version),
+                ("incident", self.incident_id or "(none given)"),
+                ("operator", self.operator or "(none given)"),
+                ("started (UTC)", self.started_at.strftime("%Y-%m-%d %H:%M:%S")),
+            ],
+            columns=["", "value"],
+        ).set_index("")
+
+
+def begin_run(
+    notebook: str,
+    *,
+    database_url_env: str = connecting.DEFAULT_URL_ENV,
+    mode: str = "review",
+    confirm_database: str = "",
+    answers: Mapping[str, object] | None = None,
+    incident_id: str = "",
+    operator: str = "",
+) -> Run:
+    """Validate the common parameters and connect once, read-only, to identify the target."""
+    require_mode(mode)
+    if answers is None:
+        answers = {}
+    if not isinstance(answers, Mapping):
+        raise ConfigurationError(
+            f"answers must be a mapping of question id to 'yes'/'no', got "
+            f"{type(answers).__name__}. Nothing was changed.",
+            next_step="see the notebook's parameters file for the question ids.",
+        )
+    url = connecting.database_url(database_url_env)
+    if mode == "execute":
+        connecting.require_session_connection(url)
+    with connecting.session(database_url_env, purpose=notebook, read_only=True) as conn:
+        database = connecting.current_database(conn)
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    confirm_target(database, mode, confirm_database)
+    return Run(
+        notebook=notebook,
+        mode=mode,
+        database_url_env=database_url_env,
+        database=database,
+        server_version=version,
+        target=connecting.summary(url),
+        answers=dict(answers),
+        incident_id=incident_id,
+        operator=operator,
+    )
