@@ -261,13 +261,15 @@ def load_sample_data(conn: psycopg.Connection, rows: int = 200) -> dict[str, int
         try:
             with conn.transaction():
                 conn.execute("SET LOCAL session_replication_role = replica")
+            replica = True
         except psycopg.errors.InsufficientPrivilege:
-            pass
+            replica = False
         for schema, table in tables:  # parents before children
             conn.execute(_SAMPLE_SQL[f"{schema}.{table}"], params)  # type: ignore[arg-type]
             _reset_sequences(conn, schema, table)
-        # SET LOCAL inside a savepoint outlives it until the outer transaction ends: restore.
-        conn.execute("SELECT set_config('session_replication_role', %s, true)", [previous])
+        if replica:
+            # SET LOCAL in a savepoint lasts until the outer transaction ends: restore it.
+            conn.execute("SELECT set_config('session_replication_role', %s, true)", [previous])
         for schema, table in tables:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
     return application_counts(conn)
