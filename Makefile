@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lab bench soak lint clean db-start db-stop
+.PHONY: install demo test browser-deps lab bench soak lint clean db-start db-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,21 @@ demo: install
 	$(BIN)/playbook demo run
 
 ## The whole test suite (against real local PostgreSQL 16 and 15 that the suite starts).
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest
+
+## Debian's chromium (when root with apt-get) and the playwright package, for tests/browser/.
+## Nothing is downloaded at test time; `playwright install` is never run.
+browser-deps: install
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "browser-deps: installing Debian's chromium for the browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet playwright
+	@[ -x /usr/bin/chromium ] || echo "browser-deps: /usr/bin/chromium is missing and cannot be \
+	installed here (needs root and apt-get): run 'sudo apt-get install chromium'. The browser \
+	tests fail until then (PLAYBOOK_SKIP_BROWSER=1 skips them knowingly)."
 
 lab: install
 	$(BIN)/playbook lab
