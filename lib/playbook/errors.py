@@ -108,3 +108,13 @@ class VerificationFailed(PlaybookError):
 
 class BackupUnusable(PlaybookError):
     """A backup is missing, unreadable, truncated or taken at the wrong time."""
+
+
+# --- incident records ---------------------------------------------------------------
+
+
+class RecordRefused(PlaybookError):
+    """An incident record would have contained a secret, so it was not written. The run
+    itself happened: read the message for what it did."""
+
+    exit_code = 1

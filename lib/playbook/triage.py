@@ -1,0 +1,514 @@
+"""Triage: the procedure document's decision tree, informed by what the database shows.
+
+::
+
+    Is the application completely broken?
+    ├─ NO  → data corrupted in some tables? YES → restore those tables (31_restore_tables)
+    │                                       NO  → try fix forward first
+    └─ YES → Is data corrupted?
+        ├─ NO  → more than one migration failed? YES → full restore (30_full_restore)
+        │        can it be fixed forward?         YES → fix forward
+        │        else → roll back the specific migration (10 or 20, chosen below)
+        └─ YES → full database restore from backup (30_full_restore)
+
+Which migration: the operator's report (``suspected_migration``) and the database's own
+evidence (which of a migration's tables exist, their rows, the sequence's health). A
+detected fault that a no-data-loss rollback repairs is recommended before a destructive
+one ("Partial Rollback: can you rollback just one component?").
+
+Triage only reads: nothing here writes to the database.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pglast
+import psycopg
+import yaml
+from pglast import ast
+from psycopg import sql
+
+from .errors import ConfigurationError
+from .gates import NO, YES, normalise_answer
+from .names import QualifiedName, parse_table_name, table_exists
+from .verification import orphaned_profiles
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+FULL_RESTORE = "30_full_restore"
+RESTORE_TABLES = "31_restore_tables"
+
+QUESTIONS: dict[str, str] = {
+    "application_completely_broken": "Is the application completely broken?",
+    "data_corrupted": "Is data corrupted?",
+    "multiple_migrations_failed": "Did more than one migration fail, or did a rollback script "
+    "already fail?",
+    "forward_fix_possible": "Can the issue be fixed with a new migration (fix forward)?",
+}
+# What answering NO means, for the notebook and the parameters file.
+NO_MEANS: dict[str, str] = {
+    "application_completely_broken": "the application still works: fix forward, or restore "
+    "only the damaged tables",
+    "data_corrupted": "the data is intact: a rollback of the specific migration is enough",
+    "multiple_migrations_failed": "one migration is at fault: roll back just that one",
+    "forward_fix_possible": "no forward fix is possible: a rollback is justified",
+}
+
+
+# --- what the playbook knows about each migration ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    title: str
+    notebook: str
+    safety: str
+    data_loss: str
+    revert: str
+    tables: tuple[QualifiedName, ...]
+    sequence_column: tuple[QualifiedName, str] | None = None
+
+
+def created_tables(path: Path) -> tuple[QualifiedName, ...]:
+    """Tables a migration's SQL creates (parsed, not guessed from names)."""
+    found = []
+    for raw in pglast.parse_sql(path.read_text()):
+        if isinstance(raw.stmt, ast.CreateStmt):
+            rel = raw.stmt.relation
+            found.append(QualifiedName(rel.schemaname or "public", rel.relname))
+    return tuple(found)
+
+
+def migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Every change set under ``lib/playbook/migrations``, from its migration.yaml."""
+    found = []
+    for spec_path in sorted(folder.glob("*/migration.yaml")):
+        spec = yaml.safe_load(spec_path.read_text()) or {}
+        deploy = spec_path.parent / spec.get("deploy", "")
+        tables = created_tables(deploy) if deploy.is_file() else ()
+        column = None
+        if spec.get("table") and spec.get("column"):
+            column = (parse_table_name(spec["table"]), spec["column"])
+            tables = tables or (column[0],)
+        found.append(Migration(
+            name=spec.get("name", spec_path.parent.name), title=spec.get("title", ""),
+            notebook=spec.get("notebook", ""), safety=spec.get("safety", ""),
+            data_loss=str(spec.get("data_loss", "")), revert=spec.get("revert", ""),
+            tables=tables, sequence_column=column,
+        ))
+    return found
+
+
+# --- what the database shows ---------------------------------------------------------------
+
+
+@dataclass
+class SequenceHealth:
+    """The id column's default and sequence: can an insert get a fresh id?"""
+
+    table: QualifiedName
+    column: str
+    sequence: str | None
+    has_default: bool
+    max_id: int | None
+    next_value: int | None
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.sequence and self.has_default and self.next_value is not None
+                    and (self.max_id is None or self.next_value > self.max_id))
+
+    def problem(self) -> str:
+        if self.sequence is None:
+            return f"{self.table}.{self.column} owns no sequence"
+        if not self.has_default:
+            return f"{self.table}.{self.column} has no default: inserts fail with a not-null " \
+                   "violation"
+        if not self.healthy:
+            return f"{self.sequence} would hand out {self.next_value} but MAX(id) is " \
+                   f"{self.max_id}: inserts fail with a duplicate key"
+        return ""
+
+
+def sequence_health(conn: psycopg.Connection, table: QualifiedName,
+                    column: str) -> SequenceHealth | None:
+    """Read-only look at the sequence behind ``table.column`` (None if the table is gone)."""
+    if not table_exists(conn, table):
+        return None
+    qualified = table.identifier.as_string(conn)
+    sequence, has_default = conn.execute(
+        """
+        SELECT pg_get_serial_sequence(%s, %s),
+               EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a
+                         ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                       WHERE d.adrelid = %s::regclass AND a.attname = %s)
+        """,
+        (qualified, column, qualified, column),
+    ).fetchone()
+    max_id = conn.execute(
+        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), table.identifier)
+    ).fetchone()[0]
+    next_value = None
+    if sequence:
+        schema, name, increment = conn.execute(
+            "SELECT n.nspname, c.relname, s.seqincrement FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_sequence s ON s.seqrelid = c.oid WHERE c.oid = %s::regclass",
+            (sequence,),
+        ).fetchone()
+        last, called = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
+        ).fetchone()
+        next_value = last + increment if called else last
+    return SequenceHealth(table, column, sequence, bool(has_default), max_id, next_value)
+
+
+@dataclass
+class MigrationState:
+    migration: Migration
+    present: dict[str, int]  # table -> rows, for the migration's tables that exist
+    sequence: SequenceHealth | None = None
+
+    @property
+    def applied(self) -> bool:
+        return bool(self.present)
+
+    @property
+    def fault(self) -> str:
+        return self.sequence.problem() if self.sequence else ""
+
+
+@dataclass
+class Evidence:
+    """What triage read from the database, to inform (not replace) the operator's answers."""
+
+    database: str
+    states: list[MigrationState]
+    orphaned_profiles: int | None
+
+    def state(self, name: str) -> MigrationState:
+        for state in self.states:
+            if state.migration.name == name:
+                return state
+        raise ConfigurationError(
+            f"suspected_migration {name!r} is not a migration this playbook knows. Nothing "
+            "was changed.",
+            next_step=f"use one of {', '.join(s.migration.name for s in self.states)}, or "
+            "leave it empty to let the database decide.",
+        )
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for state in self.states:
+            m = state.migration
+            for table in m.tables:
+                rows.append({"migration": m.name, "looked at": f"table {table}",
+                             "observed": (f"{state.present[str(table)]} rows"
+                                          if str(table) in state.present else "does not exist"),
+                             "meaning": "" if str(table) in state.present
+                             else "not applied, or already rolled back"})
+            if m.sequence_column:
+                table, column = m.sequence_column
+                rows.append({
+                    "migration": m.name, "looked at": f"sequence of {table}.{column}",
+                    "observed": ("(table missing)" if state.sequence is None
+                                 else "healthy" if not state.fault else "FAULT"),
+                    "meaning": state.fault or ("" if state.sequence is None else
+                                               f"next id {state.sequence.next_value} > "
+                                               f"MAX(id) {state.sequence.max_id}"),
+                })
+        rows.append({"migration": "(application)", "looked at": "orphaned profiles",
+                     "observed": "n/a" if self.orphaned_profiles is None
+                     else self.orphaned_profiles,
+                     "meaning": "a sign of corrupted data" if self.orphaned_profiles else ""})
+        return pd.DataFrame(rows, columns=["migration", "looked at", "observed", "meaning"])
+
+
+def look_at_database(conn_or_run, folder: Path = MIGRATIONS_DIR) -> Evidence:
+    """Which tables of each migration exist, their rows, the sequence's health, orphaned
+    profiles. Takes a connection or a :class:`runs.Run` (then connects read-only)."""
+    if isinstance(conn_or_run, psycopg.Connection):
+        return _look(conn_or_run, folder)
+    with conn_or_run.connect(read_only=True, purpose="triage") as conn:
+        return _look(conn, folder)
+
+
+def _look(conn: psycopg.Connection, folder: Path) -> Evidence:
+    states = []
+    for migration in migrations(folder):
+        present = {}
+        for table in migration.tables:
+            if table_exists(conn, table):
+                present[str(table)] = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(table.identifier)).fetchone()[0]
+        health = sequence_health(conn, *migration.sequence_column) \
+            if migration.sequence_column else None
+        states.append(MigrationState(migration, present, health))
+    app = all(table_exists(conn, QualifiedName(*t)) for t in (("auth", "users"),
+                                                                ("public", "profiles")))
+    orphans = orphaned_profiles(conn) if app else None
+    conn.rollback()
+    return Evidence(conn.info.dbname, states, orphans)
+
+
+# --- the decision --------------------------------------------------------------------------
+
+
+@dataclass
+class Recommendation:
+    action: str
+    notebook: str | None
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+    def command(self, incident_id: str = "", operator: str = "") -> str:
+        """The exact ``playbook run`` command (review mode first)."""
+        if not self.notebook:
+            return ""
+        parts = ["playbook", "run", self.notebook, "--incident", incident_id or "INCIDENT-ID"]
+        if Path("parameters", f"{self.notebook}.yaml").exists() or \
+                (NOTEBOOKS_DIR.parent / "parameters" / f"{self.notebook}.yaml").exists():
+            parts += ["-f", f"parameters/{self.notebook}.yaml"]
+        parts += ["-p", "mode", "review"]
+        if operator:
+            parts += ["--operator", operator]
+        return shlex.join(parts)
+
+    def markdown(self, incident_id: str = "", operator: str = "") -> str:
+        lines = [f"### Recommended: {self.action}", "", self.reason, ""]
+        if self.notebook:
+            exists = (NOTEBOOKS_DIR / f"{self.notebook}.ipynb").exists()
+            lines += [f"Notebook: [{self.notebook}.ipynb]({self.notebook}.ipynb)"
+                      + ("" if exists else " (not in this copy of the playbook yet)"), "",
+                      "Run it in review mode first, then again with `-p mode execute "
+                      "-p confirm_database <database>` and every gate answered knowingly:", "",
+                      "```bash", self.command(incident_id, operator), "```"]
+        else:
+            lines.append("No rollback notebook is recommended.")
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class Decision:
+    path: list[tuple[str, str, str]]  # (question, answer, what it means)
+    recommendation: Recommendation
+    evidence: Evidence
+    incident_id: str = ""
+    operator: str = ""
+
+    def path_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.path, columns=["question", "answer", "so"])
+
+    def alternatives(self) -> pd.DataFrame:
+        """The document's "consider these alternatives first", answered for this case."""
+        rec = self.recommendation
+        given = {q: a for q, a, _ in self.path}
+        migration = next((s.migration for s in self.evidence.states
+                          if s.migration.notebook == rec.notebook), None)
+        partial = (f"yes: only {migration.name} is rolled back; other migrations and "
+                   "application tables stay" if migration else
+                   "yes: only the damaged tables are restored" if rec.notebook == RESTORE_TABLES
+                   else "no: the whole database goes back to the backup"
+                   if rec.notebook == FULL_RESTORE else "nothing is rolled back")
+        if migration and migration.safety == "destructive":
+            preserve = "yes: the notebook exports and verifies the data before dropping it"
+        elif rec.notebook == FULL_RESTORE:
+            preserve = "export data created after the backup first (Prepare for Restore)"
+        elif rec.notebook == RESTORE_TABLES:
+            preserve = "rows written since the backup are kept"
+        else:
+            preserve = "no data is lost"
+        return pd.DataFrame([
+            ("Fix Forward", "Can the issue be fixed with a new migration?",
+             given.get(QUESTIONS["forward_fix_possible"], "not asked on this branch")),
+            ("Partial Rollback", "Can you rollback just one component?", partial),
+            ("Data Preservation", "Can you export data before rollback?", preserve),
+        ], columns=["alternative", "question", "here"])
+
+    def show_recommendation(self):
+        """The recommendation as Markdown (link and command) for the notebook."""
+        from IPython.display import Markdown
+
+        return Markdown(self.recommendation.markdown(self.incident_id, self.operator))
+
+
+class TriageQuestions:
+    """The decision tree's questions as YES/NO widgets, pre-filled from ``answers``."""
+
+    def __init__(self, answers: Mapping[str, object] | None, evidence: Evidence) -> None:
+        answers = answers or {}
+        if not isinstance(answers, Mapping):
+            raise ConfigurationError(
+                f"answers must be a mapping of question id to yes/no, got "
+                f"{type(answers).__name__}. Nothing was changed.",
+                next_step=f"the triage questions are {', '.join(QUESTIONS)}.")
+        unknown = sorted(set(answers) - set(QUESTIONS))
+        if unknown:
+            raise ConfigurationError(
+                f"answers names questions triage does not ask: {', '.join(unknown)}. Nothing "
+                "was changed.", next_step=f"the triage questions are {', '.join(QUESTIONS)}.")
+        self.given = {q: normalise_answer(q, answers.get(q)) for q in QUESTIONS}
+        self.evidence = evidence
+        self._widgets: dict = {}
+
+    def hint(self, question: str) -> str:
+        """What the database says about a question, if anything."""
+        faults = [s.fault for s in self.evidence.states if s.fault]
+        if question == "application_completely_broken" and faults:
+            return "the database shows: " + "; ".join(faults)
+        if question == "data_corrupted" and self.evidence.orphaned_profiles:
+            return f"the database shows {self.evidence.orphaned_profiles} orphaned profiles"
+        return ""
+
+    def show(self):
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        rows = [widgets.HTML("<b>Rollback decision tree</b>: answer from what you see in "
+                             "production; the database's evidence is shown beside.")]
+        for qid, text in QUESTIONS.items():
+            toggle = widgets.ToggleButtons(options=[("YES", YES), ("NO", NO)],
+                                           value=self.given.get(qid))
+            toggle.add_class(f"triage-{qid}")
+            self._widgets[qid] = toggle
+            hint = self.hint(qid)
+            rows.append(widgets.VBox([
+                widgets.HTML(f"{text} <code>{qid}</code> (NO: {NO_MEANS[qid]})"), toggle,
+                *([widgets.HTML(f"&#x1F50E; {hint}")] if hint else [])]))
+        box = widgets.VBox(rows)
+        display(box)
+        return box
+
+    def current(self) -> dict[str, str | None]:
+        if self._widgets:
+            return {q: self._widgets[q].value for q in QUESTIONS}
+        return dict(self.given)
+
+    def decide(self, suspected_migration: str = "", *, incident_id: str = "",
+               operator: str = "") -> Decision:
+        decision = decide(self.current(), self.evidence, suspected_migration)
+        decision.incident_id, decision.operator = incident_id, operator
+        return decision
+
+
+def _undecided(path: list, evidence: Evidence, question: str) -> Decision:
+    return Decision(path, Recommendation(
+        "answer the triage questions",
+        None,
+        f"The question {question!r} ({QUESTIONS[question]}) is unanswered, so the tree "
+        "cannot go further. Nothing was changed.",
+        [f"answer it in the widget above, or pass answers={{'{question}': 'yes' or 'no'}}"],
+    ), evidence)
+
+
+def decide(answers: Mapping[str, str | None], evidence: Evidence,
+           suspected_migration: str = "") -> Decision:
+    """Walk the decision tree with ``answers`` (question id -> 'yes'/'no'/None)."""
+    path: list[tuple[str, str, str]] = []
+
+    def ask(qid: str) -> str | None:
+        answer = answers.get(qid)
+        if answer is not None:
+            path.append((QUESTIONS[qid], answer.upper(),
+                         NO_MEANS[qid] if answer == NO else ""))
+        return answer
+
+    broken = ask("application_completely_broken")
+    if broken is None:
+        return _undecided(path, evidence, "application_completely_broken")
+    corrupted = ask("data_corrupted")
+    if corrupted is None:
+        return _undecided(path, evidence, "data_corrupted")
+    if broken == NO and corrupted == YES:
+        return Decision(path, Recommendation(
+            "restore the damaged tables from a backup (partial rollback)", RESTORE_TABLES,
+            "The application otherwise works but data in some tables is corrupted: restore "
+            "just those tables (or rows) from a backup and keep what was written since, "
+            "before considering the nuclear option.",
+        ), evidence)
+    if broken == NO:
+        return Decision(path, Recommendation(
+            "fix forward", None,
+            "The application is not completely broken: try fix forward first (a new "
+            "migration that repairs the issue). Rollback is a last resort.",
+            _fault_notes(evidence),
+        ), evidence)
+    if corrupted == YES:
+        return Decision(path, Recommendation(
+            "full database restore from backup (nuclear option)", FULL_RESTORE,
+            "The application is completely broken and data is corrupted: restore the whole "
+            "database from a backup taken before the migration.",
+        ), evidence)
+    multiple = ask("multiple_migrations_failed")
+    if multiple is None:
+        return _undecided(path, evidence, "multiple_migrations_failed")
+    if multiple == YES:
+        return Decision(path, Recommendation(
+            "full database restore from backup (nuclear option)", FULL_RESTORE,
+            "More than one migration failed, or a rollback script already failed: rollback "
+            "scripts are no longer enough.",
+        ), evidence)
+    forward = ask("forward_fix_possible")
+    if forward is None:
+        return _undecided(path, evidence, "forward_fix_possible")
+    if forward == YES:
+        return Decision(path, Recommendation(
+            "fix forward", None,
+            "A new migration can fix the issue: fix forward. Only roll back when no forward "
+            "fix is possible.", _fault_notes(evidence)), evidence)
+    return Decision(path, choose_migration(evidence, suspected_migration), evidence)
+
+
+def _fault_notes(evidence: Evidence) -> list[str]:
+    return [f"the database shows: {s.fault} (a forward fix: {s.migration.title})"
+            for s in evidence.states if s.fault]
+
+
+def choose_migration(evidence: Evidence, suspected: str = "") -> Recommendation:
+    """Which migration to roll back: a detected fault a safe rollback repairs first, then
+    the migration the operator reports, if its objects are there to roll back."""
+    suspected_state = evidence.state(suspected) if suspected else None
+    faulty = [s for s in evidence.states if s.fault and s.migration.safety == "safe"]
+    if faulty and (suspected_state is None or suspected_state not in faulty):
+        state = faulty[0]
+        notes = []
+        if suspected_state is not None:
+            notes.append(f"you reported {suspected}; roll that back only if the application is "
+                         "still broken after this no-data-loss step (run triage again)")
+        return Recommendation(
+            f"roll back the specific migration: {state.migration.title}",
+            state.migration.notebook,
+            f"The database shows {state.fault}. Its rollback loses no data "
+            f"(data loss: {state.migration.data_loss}), so it comes first.", notes)
+    if suspected_state is None:
+        present = [s.migration.name for s in evidence.states if s.applied]
+        return Recommendation(
+            "say which migration broke the application", None,
+            "The database shows no fault a rollback repairs, and no migration was reported. "
+            "Pass suspected_migration with the one that caused the failure.",
+            [f"migrations whose tables exist: {', '.join(present) or 'none'}"])
+    migration = suspected_state.migration
+    if not suspected_state.applied:
+        return Recommendation(
+            "no rollback needed", None,
+            f"None of the tables of {migration.name} exist in {evidence.database!r}: the "
+            "migration was never applied or was already rolled back (the document's "
+            "'relation does not exist').")
+    notes = []
+    if migration.safety == "destructive":
+        rows = sum(suspected_state.present.values())
+        notes.append(f"DESTRUCTIVE: {migration.data_loss} ({rows} rows now) is lost; the "
+                     "notebook exports it first")
+    if suspected_state.sequence is not None and not suspected_state.fault:
+        notes.append("the database shows the sequence healthy")
+    return Recommendation(f"roll back the specific migration: {migration.title}",
+                          migration.notebook,
+                          f"You reported {migration.name}, and its tables exist "
+                          f"({', '.join(suspected_state.present)}).", notes)
