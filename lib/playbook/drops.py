@@ -1,0 +1,501 @@
+"""Removing a migration's objects safely (Rollback Script 2 of the procedure document).
+
+:func:`build_drop_plan` turns what the migration created (``migration_objects``) and what
+depends on it (``dependencies``) into ``psycopg.sql`` statements in dependency order,
+never with CASCADE. Review mode shows those very statements (``as_string``);
+:func:`perform_drop` runs them in ONE transaction that:
+
+1. takes the playbook's advisory lock (a second operator is refused) and states a
+   ``lock_timeout`` (never queue behind a long query while the application queues behind us);
+2. locks the tables against writes and re-checks the export manifest's row counts against
+   the live counts at that moment (no row written after the export can be lost);
+3. records the protected tables' counts and checksums, drops, then before COMMIT checks
+   inside the transaction that every object is gone and the protected tables still hold
+   what they held; anything else is a ROLLBACK and VerificationFailed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from .dependencies import (
+    Dependent,
+    check_include_dependents,
+    dependents_table,
+    find_dependents,
+    require_no_unlisted_dependents,
+)
+from .errors import DependentObjectsExist, ExportMismatch, VerificationFailed
+from .exports import (
+    Manifest,
+    dump_archive,
+    export_tables,
+    read_manifest,
+    require_sound_export,
+    verify_files,
+    write_manifest,
+)
+from .fingerprint import table_checksum
+from .gates import Gate
+from .locks import take_playbook_lock
+from .migration_objects import FoundObject, Inventory, find_in_database
+from .migrations import Migration
+from .names import QualifiedName, table_exists
+from .queries import translated_errors
+from .verification import Check, checks_table
+
+DEFAULT_LOCK_TIMEOUT = "2s"
+
+# The document's five STOP questions, then its prerequisites.
+STOP_QUESTIONS = {
+    "recent_backup": "Do you have a recent database backup?",
+    "backup_tested": "Have you tested restoring from that backup?",
+    "data_exported": "Have you exported the migration's data separately? (the next step "
+    "exports it; the drop refuses unless the export matches the live data)",
+    "no_other_way": "Is there NO other way to fix the issue (fix forward, partial rollback)?",
+    "team_notified": "Has the team been notified?",
+    "maintenance_window": "Is a maintenance window scheduled, with the application stopped "
+    "(no new writes)?",
+    "scripts_reviewed": "Have you reviewed the drop statements shown above?",
+    "understand_data_loss": "Do you understand what data will be lost (the row counts "
+    "above)?",
+}
+
+
+def lock_scope(migration: Migration) -> str:
+    """The advisory lock's scope: one operator at a time per migration."""
+    return f"migration:{migration.name}"
+
+
+def incidents_root() -> Path:
+    """``$PLAYBOOK_INCIDENTS``, else ``incidents/`` in the project folder (the nearest
+    folder above the working directory holding pyproject.toml), else in the working
+    directory. JupyterLab runs a notebook inside notebooks/, papermill wherever it is
+    started: both land in the same place."""
+    if os.environ.get("PLAYBOOK_INCIDENTS"):
+        return Path(os.environ["PLAYBOOK_INCIDENTS"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "notebooks").is_dir():
+            return folder / "incidents"
+    return here / "incidents"
+
+
+def default_export_dir(migration: Migration, incident_id: str = "",
+                       export_dir: str = "") -> Path:
+    """``export_dir`` if given; else incidents/<incident_id or UTC timestamp>/exports/<name>."""
+    if export_dir:
+        return Path(export_dir).expanduser().resolve()
+    label = incident_id.strip() or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip(".") or "run"
+    return incidents_root() / safe / "exports" / migration.name
+
+
+# --- the plan ---------------------------------------------------------------------------
+
+
+@dataclass
+class DropStep:
+    what: str
+    statement: sql.Composed | None  # None: goes with another statement (shown, not run)
+    note: str = ""
+
+
+@dataclass
+class DropPlan:
+    migration: Migration
+    inventory: Inventory
+    dependents: list[Dependent]
+    included: list[Dependent]
+    steps: list[DropStep] = field(default_factory=list)
+
+    @property
+    def statements(self) -> list[sql.Composed]:
+        return [s.statement for s in self.steps if s.statement is not None]
+
+    @property
+    def tables(self) -> list[QualifiedName]:
+        return [QualifiedName(f.obj.schema, f.obj.name) for f in self.inventory.of_kind("table")]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.statements
+
+    def sql_text(self, conn: psycopg.Connection | None = None) -> str:
+        return "\n".join(s.as_string(conn) + ";" for s in self.statements)
+
+    def table(self, conn: psycopg.Connection | None = None) -> pd.DataFrame:
+        rows = [{"step": i + 1, "drops": s.what,
+                 "statement": s.statement.as_string(conn) + ";" if s.statement else "",
+                 "note": s.note} for i, s in enumerate(self.steps)]
+        if not rows:
+            rows = [{"step": 0, "drops": "(nothing)", "statement": "",
+                     "note": "every object of the migration is already absent: rollback "
+                     "not needed"}]
+        return pd.DataFrame(rows, columns=["step", "drops", "statement", "note"])
+
+
+def _ident(*parts: str) -> sql.Identifier:
+    return sql.Identifier(*parts)
+
+
+def _dependent_step(dep: Dependent) -> DropStep:
+    names = dep.object_names
+    if dep.kind in ("view", "materialized view"):
+        keyword = sql.SQL("DROP VIEW" if dep.kind == "view" else "DROP MATERIALIZED VIEW")
+        statement = sql.SQL("{} {}").format(keyword, _ident(*names))
+    elif dep.kind == "table constraint":
+        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            _ident(names[0], names[1]), _ident(names[2]))
+    elif dep.kind == "trigger":
+        statement = sql.SQL("DROP TRIGGER {} ON {}").format(
+            _ident(names[2]), _ident(names[0], names[1]))
+    elif dep.kind == "policy":
+        statement = sql.SQL("DROP POLICY {} ON {}").format(
+            _ident(names[2]), _ident(names[0], names[1]))
+    elif dep.kind == "publication relation":
+        statement = sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            _ident(dep.object_args[0]), _ident(names[0], names[1]))
+    elif dep.kind == "default value":
+        statement = sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+            _ident(names[0], names[1]), _ident(names[2]))
+    else:
+        raise DependentObjectsExist(
+            f"{dep.label} depends on the migration and the playbook does not drop a {dep.kind} "
+            "by itself. Nothing was changed.",
+            next_step="change or remove it yourself (after review), then run again.",
+        )
+    return DropStep(dep.label, statement, "outside the migration: included by the operator")
+
+
+def _table_order(conn: psycopg.Connection, tables: list[FoundObject]) -> list[FoundObject]:
+    """Children first: a table is dropped before any table its foreign keys point at."""
+    oids = {t.oid: t for t in tables}
+    edges = conn.execute(
+        "SELECT conrelid, confrelid FROM pg_constraint WHERE contype = 'f' "
+        "AND conrelid = ANY(%s) AND confrelid = ANY(%s) AND conrelid <> confrelid",
+        (list(oids), list(oids)),
+    ).fetchall()
+    referenced_by = {oid: set() for oid in oids}  # parent -> children still standing
+    for child, parent in edges:
+        referenced_by[parent].add(child)
+    ordered: list[FoundObject] = []
+    remaining = [t.oid for t in tables]
+    while remaining:
+        free = [o for o in remaining if not referenced_by[o] & set(remaining)]
+        if not free:  # a cycle of foreign keys: DROP TABLE of them all at once copes
+            free = remaining[:1]
+        for oid in free:
+            ordered.append(oids[oid])
+            remaining.remove(oid)
+    return ordered
+
+
+def build_drop_plan(conn: psycopg.Connection, migration: Migration,
+                    include_dependents: list[str] | tuple[str, ...] = (),
+                    *, inventory: Inventory | None = None) -> DropPlan:
+    """The statements that remove what ``migration`` created, in dependency order.
+    Raises DependentObjectsExist while objects outside it depend on it and are not named
+    in ``include_dependents``."""
+    include_dependents = check_include_dependents(list(include_dependents))
+    inventory = inventory or find_in_database(conn, migration)
+    dependents = find_dependents(conn, inventory)
+    included = require_no_unlisted_dependents(dependents, include_dependents)
+    plan = DropPlan(migration, inventory, dependents, included)
+    views = [d for d in included if d.kind in ("view", "materialized view")]
+    plan.steps += [_dependent_step(d) for d in views]
+    plan.steps += [_dependent_step(d) for d in included if d not in views]
+    our_tables = {(f.obj.schema, f.obj.name) for f in inventory.of_kind("table")}
+    for kind in ("trigger", "policy", "index"):
+        for found in inventory.of_kind(kind):
+            obj = found.obj
+            if (obj.table_schema, obj.table_name) in our_tables:
+                plan.steps.append(DropStep(f"{kind} {obj.display}", None,
+                                           f"goes with table {obj.table}"))
+            elif kind == "index":
+                plan.steps.append(DropStep(f"index {obj.display}", sql.SQL(
+                    "DROP INDEX {}").format(_ident(obj.schema, obj.name))))
+            else:
+                plan.steps.append(DropStep(f"{kind} {obj.display}", sql.SQL(
+                    "DROP {} {} ON {}").format(sql.SQL(kind.upper()), _ident(obj.name),
+                                               _ident(obj.table_schema, obj.table_name))))
+    for found in inventory.of_kind("view"):
+        plan.steps.append(DropStep(f"view {found.obj.display}", sql.SQL(
+            "DROP VIEW {}").format(_ident(found.obj.schema, found.obj.name))))
+    for found in _table_order(conn, inventory.of_kind("table")):
+        plan.steps.append(DropStep(
+            f"table {found.obj.display} ({found.rows if found.rows is not None else '?'} rows)",
+            sql.SQL("DROP TABLE {}").format(_ident(found.obj.schema, found.obj.name)),
+            "WITHOUT CASCADE: fails rather than take anything unlisted along"))
+    dropped_tables = {f"{s}.{n}" for s, n in our_tables}
+    for found in inventory.of_kind("sequence"):
+        owner_table = found.owned_by.removeprefix("owned by ").rsplit(".", 1)[0]
+        if found.owned_by and owner_table in dropped_tables:
+            plan.steps.append(DropStep(f"sequence {found.obj.display}", None,
+                                       f"goes with table {owner_table} ({found.owned_by})"))
+        else:
+            plan.steps.append(DropStep(f"sequence {found.obj.display}", sql.SQL(
+                "DROP SEQUENCE {}").format(_ident(found.obj.schema, found.obj.name))))
+    for found in inventory.of_kind("function"):
+        obj = found.obj
+        # Argument types are the parser's rendering of the migration's own text.
+        arguments = sql.SQL(", ").join(sql.SQL(a) for a in obj.arguments)
+        plan.steps.append(DropStep(f"function {obj.display}", sql.SQL(
+            "DROP FUNCTION {}({})").format(_ident(obj.schema, obj.name), arguments)))
+    for found in inventory.of_kind("type"):
+        plan.steps.append(DropStep(f"type {found.obj.display}", sql.SQL(
+            "DROP TYPE {}").format(_ident(found.obj.schema, found.obj.name))))
+    return plan
+
+
+def review_drop(run, migration: Migration, include_dependents: list[str] = ()) -> DropPlan:
+    """The plan, built read-only (review mode shows exactly what execute would run)."""
+    with run.connect(read_only=True, purpose=f"{run.notebook}:review") as conn:
+        return build_drop_plan(conn, migration, include_dependents)
+
+
+def inspect_migration(run, migration: Migration) -> Inventory:
+    """Step 2: what the migration created, which of it exists, with row counts."""
+    with run.connect(read_only=True) as conn:
+        return find_in_database(conn, migration)
+
+
+def inspect_dependents(run, migration: Migration,
+                       include_dependents: list[str] = ()) -> pd.DataFrame:
+    """Step 3: what else would go. Shows the table, then raises DependentObjectsExist while
+    any outside object is not named in include_dependents."""
+    from IPython.display import display
+
+    include_dependents = check_include_dependents(include_dependents)
+    with run.connect(read_only=True) as conn:
+        dependents = find_dependents(conn, find_in_database(conn, migration,
+                                                            count_rows=False))
+    frame = dependents_table(dependents, include_dependents)
+    if dependents:
+        display(frame)
+    require_no_unlisted_dependents(dependents, include_dependents)
+    if frame.empty:
+        return pd.DataFrame([{"outside object": "(none)", "kind": "",
+                              "would be dropped": "nothing outside the migration depends on it"}])
+    return frame
+
+
+# --- the gate ---------------------------------------------------------------------------
+
+
+def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
+    """The STOP questions and prerequisites, pre-filled from ``run.answers``; the export
+    question is verified against the manifest when one exists already."""
+    gate = Gate(f"Rollback of {migration.name}: STOP", STOP_QUESTIONS, run.answers)
+    if (Path(export_dir) / "manifest.json").exists():
+        with run.connect(read_only=True) as conn:
+            problems = export_problems(conn, migration, Path(export_dir))
+        gate.verify("data_exported", not problems,
+                    "; ".join(problems) or f"manifest in {export_dir} matches the live data")
+    return gate
+
+
+# --- the export -------------------------------------------------------------------------
+
+
+def export_migration_data(run, migration: Migration, export_dir: Path,
+                          *, archive: bool = True, show_progress: bool = True) -> pd.DataFrame:
+    """Step 1: every table of the migration to CSV with rows and SHA-256 in manifest.json
+    (one snapshot), plus a pg_dump custom-format archive of the tables. Read-only for the
+    database; writes only into ``export_dir``."""
+    export_dir = Path(export_dir)
+    with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
+        inventory = find_in_database(conn, migration, count_rows=False)
+        tables = [QualifiedName(f.obj.schema, f.obj.name)
+                  for f in _table_order(conn, inventory.of_kind("table"))][::-1]
+        major = conn.info.server_version // 10000
+        conn.commit()
+        manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
+                                 f"{migration.name}", show_progress=show_progress,
+                                 extra={"migration": migration.name,
+                                        "import_order": [str(t) for t in tables]})
+    if archive and tables:
+        manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
+            f"{migration.name}.dump"), server_major=major)
+        write_manifest(export_dir, manifest)
+    return manifest_table(manifest, export_dir)
+
+
+def manifest_table(manifest: Manifest, export_dir: Path) -> pd.DataFrame:
+    rows = [{"table": f.table, "file": f.file, "rows": f.rows, "bytes": f.bytes,
+             "sha256": f.sha256[:16] + "…"} for f in manifest.files]
+    archive = manifest.extra.get("archive")
+    if archive:
+        rows.append({"table": "(pg_dump -Fc archive)", "file": archive["file"], "rows": "",
+                     "bytes": archive["bytes"], "sha256": archive["sha256"][:16] + "…"})
+    frame = pd.DataFrame(rows, columns=["table", "file", "rows", "bytes", "sha256"])
+    frame.attrs["folder"] = str(export_dir)
+    return frame
+
+
+def export_problems(conn: psycopg.Connection, migration: Migration, export_dir: Path,
+                    *, check_files: bool = True) -> list[str]:
+    """Why the export in ``export_dir`` cannot stand in for the live data ([] if it can):
+    a missing manifest or file, a checksum mismatch, a table left out, or a row count
+    that differs from the live count now."""
+    try:
+        manifest = read_manifest(export_dir)
+    except ExportMismatch as exc:
+        return [exc.message]
+    problems = verify_files(export_dir, manifest) if check_files else []
+    if manifest.extra.get("migration") not in (None, migration.name):
+        problems.append(f"the export is of migration {manifest.extra.get('migration')!r}")
+    exported = manifest.by_table()
+    for found in find_in_database(conn, migration).of_kind("table"):
+        name = str(QualifiedName(found.obj.schema, found.obj.name))
+        if name not in exported:
+            problems.append(f"{name} is not in the export")
+        elif exported[name].rows != found.rows:
+            problems.append(f"{name} has {found.rows} rows live, the export has "
+                            f"{exported[name].rows}")
+    return problems
+
+
+# --- perform ----------------------------------------------------------------------------
+
+
+@dataclass
+class DropResult:
+    migration: str
+    committed: bool
+    dropped: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    lock_hold_ms: float = 0.0
+    note: str = ""
+
+    def table(self) -> pd.DataFrame:
+        frame = checks_table(self.checks)
+        if self.note:
+            frame = pd.concat([frame, pd.DataFrame([{"check": self.note, "result": "",
+                                                     "observed": "", "expected": ""}])],
+                              ignore_index=True)
+        return frame
+
+
+def _protected(conn: psycopg.Connection, migration: Migration) -> dict[str, tuple[int, str]]:
+    return {str(t): table_checksum(conn, t.schema, t.name)
+            for t in migration.protected_tables if table_exists(conn, t)}
+
+
+def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Path,
+                 include_dependents: list[str] | tuple[str, ...] = (),
+                 *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+                 require_export: bool = True) -> DropResult:
+    """Drop what the migration created, in one transaction (see the module's docstring).
+    ``conn`` must be a read-write session that is not in a transaction."""
+    export_dir = Path(export_dir)
+    if require_export:
+        require_sound_export(export_dir)  # file checksums, before any lock is taken
+    result = DropResult(migration.name, committed=False)
+    with translated_errors():
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+                take_playbook_lock(conn, lock_scope(migration))
+                inventory = find_in_database(conn, migration, count_rows=False)
+                tables = [QualifiedName(f.obj.schema, f.obj.name)
+                          for f in inventory.of_kind("table")]
+                if tables:
+                    # Writers wait from here on; readers carry on until the DROP.
+                    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                        sql.SQL(", ").join(t.identifier for t in tables)))
+                inventory = find_in_database(conn, migration)  # counts under the lock
+                if require_export:
+                    problems = export_problems(conn, migration, export_dir, check_files=False)
+                    if problems:
+                        raise ExportMismatch(
+                            f"The export does not match the live data now: "
+                            f"{'; '.join(problems)}. The transaction was rolled back; "
+                            "nothing was dropped.",
+                            next_step="stop the application's writes, export again, then "
+                            "run the drop.")
+                plan = build_drop_plan(conn, migration, include_dependents,
+                                       inventory=inventory)
+                if plan.nothing_to_do:
+                    result.note = "every object of the migration is absent: rollback not needed"
+                    return result
+                before = _protected(conn, migration)
+                started = time.perf_counter()
+                for step in plan.steps:
+                    if step.statement is not None:
+                        conn.execute(step.statement)
+                        result.dropped.append(step.what)
+                result.checks = _verify_after_drop(conn, migration, before)
+                if not all(c.passed for c in result.checks):
+                    raise _RollBack()
+            # From the first DROP (ACCESS EXCLUSIVE) to the end of COMMIT.
+            result.lock_hold_ms = (time.perf_counter() - started) * 1000
+            result.committed = True
+        except _RollBack:
+            failed = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
+                               for c in result.checks if not c.passed)
+            raise VerificationFailed(
+                f"Verification inside the transaction failed ({failed}). The transaction was "
+                "rolled back; nothing was dropped.",
+                next_step="read the checks; find out what changed the protected tables "
+                "before running again.") from None
+        except pgerrors.DependentObjectsStillExist as exc:
+            raise DependentObjectsExist(
+                f"PostgreSQL refused a drop because something else depends on it "
+                f"({str(exc).splitlines()[0]}). The transaction was rolled back; nothing "
+                "was dropped.",
+                next_step="run the review again to list the dependents.") from None
+    return result
+
+
+class _RollBack(Exception):
+    """Leave the transaction block so that it rolls back."""
+
+
+def _verify_after_drop(conn: psycopg.Connection, migration: Migration,
+                       before: dict[str, tuple[int, str]]) -> list[Check]:
+    checks = []
+    left = [f.obj.display for f in find_in_database(conn, migration, count_rows=False).present]
+    checks.append(Check("every object of the migration is gone", not left,
+                        ", ".join(left) or "none left", "none left"))
+    after = _protected(conn, migration)
+    for table, (count, digest) in before.items():
+        now = after.get(table)
+        checks.append(Check(f"{table} rows unchanged", now is not None and now[0] == count,
+                            None if now is None else now[0], count))
+        checks.append(Check(f"{table} checksum unchanged",
+                            now is not None and now[1] == digest,
+                            None if now is None else now[1][:12], digest[:12]))
+    return checks
+
+
+def rollback(run, migration: Migration, export_dir: Path,
+             include_dependents: list[str] = (),
+             *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
+    """Step 3, Perform: in execute mode drop (see :func:`perform_drop`); in review mode
+    say what would be dropped and change nothing."""
+    if not run.executing:
+        plan = review_drop(run, migration, include_dependents)
+        return pd.DataFrame([{"check": "review mode: nothing was dropped", "result": "",
+                              "observed": f"{len(plan.statements)} statements would run",
+                              "expected": "mode='execute' to perform"}])
+    with run.connect(purpose=f"{run.notebook}:drop") as conn:
+        result = perform_drop(conn, migration, export_dir, include_dependents,
+                              lock_timeout=lock_timeout)
+    frame = result.table()
+    frame.attrs["lock_hold_ms"] = result.lock_hold_ms
+    if result.committed:
+        frame = pd.concat([frame, pd.DataFrame([{
+            "check": "committed", "result": "PASS",
+            "observed": f"tables locked {result.lock_hold_ms:.0f} ms", "expected": ""}])],
+            ignore_index=True)
+    return frame

@@ -1,0 +1,110 @@
+"""Change sets: what the playbook knows about one migration, kept together in one folder.
+
+A change set is ``lib/playbook/migrations/<name>/`` holding ``migration.yaml`` (its title,
+the deploy and revert scripts, the tables a rollback must leave untouched) beside the SQL
+files. :func:`load_migration` takes that name, or a path to such a folder, or a path to a
+bare ``.sql`` migration file (then nothing is protected beyond what the drop plan checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .errors import ConfigurationError, ObjectNotFound
+from .names import QualifiedName, parse_table_name
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+DESCRIPTION = "migration.yaml"
+
+
+@dataclass
+class Migration:
+    """One change set: its name, its deploy SQL, and what a rollback must protect."""
+
+    name: str
+    folder: Path
+    deploy: Path
+    title: str = ""
+    revert: Path | None = None
+    data_loss: str = ""
+    safety: str = ""
+    protected_tables: list[QualifiedName] = field(default_factory=list)
+
+    def deploy_sql(self) -> str:
+        return self.deploy.read_text(encoding="utf-8")
+
+    def table(self) -> pd.DataFrame:
+        rows = [
+            ("migration", self.name),
+            ("title", self.title or "(none given)"),
+            ("deploy script", self.deploy.name),
+            ("revert script", self.revert.name if self.revert else "(none)"),
+            ("data lost by a rollback", self.data_loss or "(not stated)"),
+            ("protected tables", ", ".join(str(t) for t in self.protected_tables) or "(none)"),
+        ]
+        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _refuse(what: str) -> ObjectNotFound:
+    known = sorted(p.name for p in MIGRATIONS_DIR.iterdir() if (p / DESCRIPTION).exists())
+    return ObjectNotFound(
+        f"{what}. Nothing was changed.",
+        next_step=f"pass one of the change sets {', '.join(known)}, or a path to a folder "
+        f"holding {DESCRIPTION}, or a path to the migration's .sql file.",
+    )
+
+
+def load_migration(name_or_path: str | Path) -> Migration:
+    """The change set called ``name_or_path`` (a folder under lib/playbook/migrations), or
+    the one at that path (a change-set folder, or a bare ``.sql`` deploy script)."""
+    if not isinstance(name_or_path, str | Path) or not str(name_or_path).strip():
+        raise ConfigurationError(
+            f"migration must name a change set or a path, got {name_or_path!r}. Nothing was "
+            "changed.",
+            next_step="pass e.g. migration='coaching_tables'.",
+        )
+    text = str(name_or_path).strip()
+    path = Path(text).expanduser()
+    if "/" not in text and not text.endswith(".sql"):
+        # A bare name: only a folder directly under the shipped change sets.
+        if text in (".", "..") or not (MIGRATIONS_DIR / text / DESCRIPTION).exists():
+            raise _refuse(f"There is no change set called {text!r}")
+        path = MIGRATIONS_DIR / text
+    if path.is_file() and path.suffix == ".sql":
+        return Migration(name=path.stem, folder=path.parent.resolve(), deploy=path.resolve(),
+                         title=path.name)
+    if not (path / DESCRIPTION).is_file():
+        raise _refuse(f"{text!r} is neither a change-set folder (with {DESCRIPTION}) nor a "
+                      ".sql file")
+    folder = path.resolve()
+    try:
+        description = yaml.safe_load((folder / DESCRIPTION).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(
+            f"{folder / DESCRIPTION} is not valid YAML ({exc}). Nothing was changed."
+        ) from None
+    if not isinstance(description, dict) or not description.get("deploy"):
+        raise ConfigurationError(
+            f"{folder / DESCRIPTION} does not name its deploy script (key 'deploy'). Nothing "
+            "was changed.",
+            next_step="add `deploy: <file>.sql` to the change set's description.",
+        )
+    deploy = folder / str(description["deploy"])
+    if not deploy.is_file():
+        raise _refuse(f"The deploy script {deploy} named by {DESCRIPTION} does not exist")
+    revert = folder / str(description["revert"]) if description.get("revert") else None
+    return Migration(
+        name=str(description.get("name") or folder.name),
+        folder=folder,
+        deploy=deploy,
+        title=str(description.get("title") or ""),
+        revert=revert,
+        data_loss=str(description.get("data_loss") or ""),
+        safety=str(description.get("safety") or ""),
+        protected_tables=[parse_table_name(str(t))
+                          for t in description.get("protected_tables") or []],
+    )
