@@ -27,18 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pglast
 import psycopg
 import yaml
-from pglast import ast
 from psycopg import sql
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ObjectNotFound
 from .gates import NO, YES, normalise_answer
+from .migration_objects import migration_objects
+from .migrations import MIGRATIONS_DIR, load_migration
 from .names import QualifiedName, parse_table_name, table_exists
+from .sequences import SequenceDiagnosis, diagnose
 from .verification import orphaned_profiles
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 FULL_RESTORE = "30_full_restore"
 RESTORE_TABLES = "31_restore_tables"
@@ -65,6 +65,8 @@ NO_MEANS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Migration:
+    """A change set as triage needs it: which notebook rolls it back, and what to look at."""
+
     name: str
     title: str
     notebook: str
@@ -75,31 +77,23 @@ class Migration:
     sequence_column: tuple[QualifiedName, str] | None = None
 
 
-def created_tables(path: Path) -> tuple[QualifiedName, ...]:
-    """Tables a migration's SQL creates (parsed, not guessed from names)."""
-    found = []
-    for raw in pglast.parse_sql(path.read_text()):
-        if isinstance(raw.stmt, ast.CreateStmt):
-            rel = raw.stmt.relation
-            found.append(QualifiedName(rel.schemaname or "public", rel.relname))
-    return tuple(found)
-
-
 def migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Every change set under ``lib/playbook/migrations``, from its migration.yaml."""
+    """Every change set under ``lib/playbook/migrations`` (its migration.yaml, and the
+    tables its deploy SQL creates, parsed rather than guessed from names)."""
     found = []
     for spec_path in sorted(folder.glob("*/migration.yaml")):
+        change_set = load_migration(spec_path.parent)
         spec = yaml.safe_load(spec_path.read_text()) or {}
-        deploy = spec_path.parent / spec.get("deploy", "")
-        tables = created_tables(deploy) if deploy.is_file() else ()
+        tables = tuple(QualifiedName(o.schema, o.name) for o in migration_objects(change_set)
+                       if o.kind == "table")
         column = None
         if spec.get("table") and spec.get("column"):
-            column = (parse_table_name(spec["table"]), spec["column"])
+            column = (parse_table_name(spec["table"]), str(spec["column"]))
             tables = tables or (column[0],)
         found.append(Migration(
-            name=spec.get("name", spec_path.parent.name), title=spec.get("title", ""),
-            notebook=spec.get("notebook", ""), safety=spec.get("safety", ""),
-            data_loss=str(spec.get("data_loss", "")), revert=spec.get("revert", ""),
+            name=change_set.name, title=change_set.title, notebook=spec.get("notebook", ""),
+            safety=change_set.safety, data_loss=change_set.data_loss,
+            revert=change_set.revert.name if change_set.revert else "",
             tables=tables, sequence_column=column,
         ))
     return found
@@ -110,30 +104,20 @@ def migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 @dataclass
 class SequenceHealth:
-    """The id column's default and sequence: can an insert get a fresh id?"""
+    """The id column's sequence as :func:`sequences.diagnose` reads it, or why it could
+    not be read (no sequence at all is a fault too)."""
 
-    table: QualifiedName
-    column: str
-    sequence: str | None
-    has_default: bool
-    max_id: int | None
-    next_value: int | None
-
-    @property
-    def healthy(self) -> bool:
-        return bool(self.sequence and self.has_default and self.next_value is not None
-                    and (self.max_id is None or self.next_value > self.max_id))
+    diagnosis: SequenceDiagnosis | None
+    missing: str = ""
 
     def problem(self) -> str:
-        if self.sequence is None:
-            return f"{self.table}.{self.column} owns no sequence"
-        if not self.has_default:
-            return f"{self.table}.{self.column} has no default: inserts fail with a not-null " \
-                   "violation"
-        if not self.healthy:
-            return f"{self.sequence} would hand out {self.next_value} but MAX(id) is " \
-                   f"{self.max_id}: inserts fail with a duplicate key"
-        return ""
+        if self.diagnosis is None:
+            return self.missing
+        return "" if self.diagnosis.healthy else self.diagnosis.explanation()
+
+    def summary(self) -> str:
+        d = self.diagnosis
+        return f"next id {d.next_value} > MAX(id) {d.max_id}" if d else ""
 
 
 def sequence_health(conn: psycopg.Connection, table: QualifiedName,
@@ -141,32 +125,10 @@ def sequence_health(conn: psycopg.Connection, table: QualifiedName,
     """Read-only look at the sequence behind ``table.column`` (None if the table is gone)."""
     if not table_exists(conn, table):
         return None
-    qualified = table.identifier.as_string(conn)
-    sequence, has_default = conn.execute(
-        """
-        SELECT pg_get_serial_sequence(%s, %s),
-               EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a
-                         ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-                       WHERE d.adrelid = %s::regclass AND a.attname = %s)
-        """,
-        (qualified, column, qualified, column),
-    ).fetchone()
-    max_id = conn.execute(
-        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), table.identifier)
-    ).fetchone()[0]
-    next_value = None
-    if sequence:
-        schema, name, increment = conn.execute(
-            "SELECT n.nspname, c.relname, s.seqincrement FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_sequence s ON s.seqrelid = c.oid WHERE c.oid = %s::regclass",
-            (sequence,),
-        ).fetchone()
-        last, called = conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
-        ).fetchone()
-        next_value = last + increment if called else last
-    return SequenceHealth(table, column, sequence, bool(has_default), max_id, next_value)
+    try:
+        return SequenceHealth(diagnose(conn, table, column))
+    except ObjectNotFound as exc:
+        return SequenceHealth(None, exc.message)
 
 
 @dataclass
@@ -219,9 +181,8 @@ class Evidence:
                     "migration": m.name, "looked at": f"sequence of {table}.{column}",
                     "observed": ("(table missing)" if state.sequence is None
                                  else "healthy" if not state.fault else "FAULT"),
-                    "meaning": state.fault or ("" if state.sequence is None else
-                                               f"next id {state.sequence.next_value} > "
-                                               f"MAX(id) {state.sequence.max_id}"),
+                    "meaning": state.fault or ("" if state.sequence is None
+                                               else state.sequence.summary()),
                 })
         rows.append({"migration": "(application)", "looked at": "orphaned profiles",
                      "observed": "n/a" if self.orphaned_profiles is None
