@@ -38,3 +38,19 @@ def verify_application(conn: psycopg.Connection, health_check_url: str = "",
                        expected_counts: dict[str, int] | None = None) -> list[Check]:
     """The document's critical checks as queries, then the health-check URL."""
     return [*application_checks(conn, expected_counts), health_check(health_check_url)]
+
+
+def check_application(run, health_check_url: str = ""):
+    """Step 4 as a notebook step: the checks as a table (shown), then VerificationFailed
+    if any failed. Read-only."""
+    from IPython.display import display
+
+    from .verification import checks_table, require_all_pass
+
+    with run.connect(read_only=True, purpose=f"{run.notebook}:verify") as conn:
+        checks = verify_application(conn, health_check_url)
+    frame = checks_table(checks)
+    if not all(c.passed for c in checks):
+        display(frame)
+        require_all_pass(checks, "Application verification")
+    return frame
