@@ -211,9 +211,15 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
     dependents = find_dependents(conn, inventory)
     included = require_no_unlisted_dependents(dependents, include_dependents)
     plan = DropPlan(migration, inventory, dependents, included)
-    views = [d for d in included if d.kind in ("view", "materialized view")]
-    plan.steps += [_dependent_step(d) for d in views]
-    plan.steps += [_dependent_step(d) for d in included if d not in views]
+    for kind, keyword in (("view", "DROP VIEW"), ("materialized view",
+                                                  "DROP MATERIALIZED VIEW")):
+        views = [d for d in included if d.kind == kind]
+        if views:  # one statement: views on views are dropped together, without CASCADE
+            plan.steps.append(DropStep(", ".join(d.label for d in views), sql.SQL("{} {}").format(
+                sql.SQL(keyword), sql.SQL(", ").join(_ident(*d.object_names) for d in views)),
+                "outside the migration: included by the operator"))
+    plan.steps += [_dependent_step(d) for d in included
+                   if d.kind not in ("view", "materialized view")]
     our_tables = {(f.obj.schema, f.obj.name) for f in inventory.of_kind("table")}
     for kind in ("trigger", "policy", "index"):
         for found in inventory.of_kind(kind):

@@ -1,0 +1,253 @@
+"""Rehearsed incidents for removing a migration's tables (drops.py, dependencies.py,
+migration_objects.py), against the real PostgreSQL the fixtures start."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from playbook import drops
+from playbook.dependencies import find_dependents
+from playbook.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    DependentObjectsExist,
+    ExportMismatch,
+    LockBusy,
+    ObjectNotFound,
+)
+from playbook.locks import take_playbook_lock
+from playbook.migration_objects import find_in_database, parse_created_objects
+from playbook.migrations import load_migration
+from playbook.runs import begin_run
+
+COACHING = ("public.sponsor_connections", "public.sponsor_chat_messages",
+            "public.sponsor_visible_memos")
+
+
+@pytest.fixture
+def coaching():
+    return load_migration("coaching_tables")
+
+
+@pytest.fixture
+def exported(demo_db, coaching, tmp_path) -> Path:
+    run = begin_run("20_rollback_coaching_tables")
+    folder = tmp_path / "export"
+    drops.export_migration_data(run, coaching, folder, show_progress=False)
+    return folder
+
+
+def _tables_present(db) -> set[str]:
+    with db.connect() as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_tables "
+            "WHERE tablename LIKE 'sponsor_%'")}
+
+
+def test_migration_objects_are_read_from_the_sql_with_function_signatures(coaching):
+    objects = {(o.kind, o.display) for o in parse_created_objects(coaching.deploy_sql())}
+    assert ("table", "public.sponsor_chat_messages") in objects
+    assert ("function", "public.is_sponsor_of(uuid)") in objects
+    assert ("function", "public.get_sponsor_chat_unread_count(bigint)") in objects
+    assert ("sequence", "public.sponsor_connections_id_seq") in objects
+    assert ("trigger", "sponsor_connections_set_updated_at on public.sponsor_connections") \
+        in objects
+    assert sum(kind == "policy" for kind, _ in objects) == 8
+
+
+def test_serial_sequences_are_found_from_the_catalog_with_row_counts(demo_db, coaching):
+    with demo_db.connect() as conn:
+        inventory = find_in_database(conn, coaching)
+    sequences = {f.obj.display: f.owned_by for f in inventory.of_kind("sequence")}
+    assert sequences["public.sponsor_chat_messages_id_seq"] == \
+        "owned by public.sponsor_chat_messages.id"
+    assert inventory.rows_at_stake()["public.sponsor_chat_messages"] == 200
+
+
+def test_a_table_already_gone_is_reported_as_rollback_not_needed(demo_db, coaching):
+    with demo_db.connect() as conn:
+        conn.execute("DROP TABLE public.sponsor_chat_messages")
+        conn.commit()
+        inventory = find_in_database(conn, coaching)
+    table = inventory.table().set_index("object")
+    assert table.loc["public.sponsor_chat_messages", "note"] == "absent: rollback not needed"
+    assert table.loc["public.sponsor_connections", "exists"] == "yes"
+
+
+def test_unknown_migration_name_and_injection_are_refused():
+    with pytest.raises(ObjectNotFound):
+        load_migration("coaching_tables; DROP TABLE profiles")
+    with pytest.raises(ObjectNotFound):
+        load_migration("..")
+
+
+@pytest.mark.parametrize("kind, ddl, label", [
+    ("view", "CREATE VIEW public.coach_summary AS SELECT id FROM public.sponsor_connections",
+     "view public.coach_summary"),
+    ("foreign key", "CREATE TABLE public.invoices (id int, connection_id bigint "
+     "REFERENCES public.sponsor_connections (id))",
+     "table constraint invoices_connection_id_fkey on public.invoices"),
+    ("trigger", "CREATE TRIGGER profiles_touch BEFORE UPDATE ON public.profiles FOR EACH ROW "
+     "EXECUTE FUNCTION public.set_sponsor_updated_at()", "trigger profiles_touch on "
+     "public.profiles"),
+    ("publication", "CREATE PUBLICATION coaching_feed FOR TABLE public.sponsor_chat_messages",
+     "publication relation public.sponsor_chat_messages in publication coaching_feed"),
+])
+def test_drop_is_refused_when_an_outside_object_depends_on_a_table(
+        demo_db, coaching, exported, kind, ddl, label):
+    with demo_db.connect() as conn:
+        conn.execute(ddl)
+        conn.commit()
+    before = demo_db.fingerprint()
+    with pytest.raises(DependentObjectsExist, match=label.split(" on ")[0]):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported)
+    assert demo_db.fingerprint() == before
+    assert len(_tables_present(demo_db)) == 3
+
+
+def test_a_named_dependent_goes_with_the_rollback_and_nothing_else(demo_db, coaching, exported):
+    with demo_db.connect() as conn:
+        conn.execute("CREATE VIEW public.coach_summary AS "
+                     "SELECT id FROM public.sponsor_connections")
+        conn.execute("CREATE VIEW public.coach_summary2 AS SELECT id FROM public.coach_summary")
+        conn.commit()
+        dependents = [d.label for d in find_dependents(conn, find_in_database(conn, coaching))]
+    assert dependents == ["view public.coach_summary", "view public.coach_summary2"]
+    with pytest.raises(DependentObjectsExist, match="coach_summary2"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported, ["view public.coach_summary"])
+    with demo_db.connect() as conn:
+        result = drops.perform_drop(conn, coaching, exported, dependents)
+    assert result.committed and not _tables_present(demo_db)
+    assert demo_db.scalar("SELECT to_regclass('public.coach_summary') IS NULL")
+
+
+def test_drop_removes_every_object_and_keeps_protected_tables(demo_db, coaching, exported):
+    before = demo_db.fingerprint()
+    with demo_db.connect() as conn:
+        result = drops.perform_drop(conn, coaching, exported)
+    assert result.committed
+    assert all(c.passed for c in result.checks)
+    after = demo_db.fingerprint()
+    for table in ("auth.users", "public.profiles", "public.virtues", "public.journal_entries"):
+        assert after[f"table {table}"] == before[f"table {table}"]
+    assert not any("sponsor" in key for key in after)
+    assert demo_db.scalar("SELECT count(*) FROM pg_proc WHERE proname LIKE '%%sponsor%%'") == 0
+
+
+def test_drop_is_refused_when_rows_were_written_after_the_export(demo_db, coaching, exported):
+    with demo_db.connect() as conn:
+        conn.execute("DELETE FROM public.sponsor_chat_messages WHERE id = 1")
+        conn.commit()
+    before = demo_db.fingerprint()
+    with pytest.raises(ExportMismatch, match="199 rows live"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported)
+    assert demo_db.fingerprint() == before
+
+
+def test_drop_is_refused_when_an_export_file_was_altered(demo_db, coaching, exported):
+    path = exported / "public.sponsor_visible_memos.csv"
+    path.write_bytes(path.read_bytes().replace(b"Shared memo 1.", b"Shared memo X."))
+    before = demo_db.fingerprint()
+    with pytest.raises(ExportMismatch, match="SHA-256"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported)
+    assert demo_db.fingerprint() == before
+
+
+def test_second_operator_is_refused_while_the_first_holds_the_lock(demo_db, coaching, exported):
+    before = demo_db.fingerprint()
+    with demo_db.connect(application_name="operator-one") as first:
+        take_playbook_lock(first, drops.lock_scope(coaching))
+        with pytest.raises(LockBusy, match="operator-one"):
+            with demo_db.connect() as second:
+                drops.perform_drop(second, coaching, exported)
+        first.rollback()
+    assert demo_db.fingerprint() == before
+
+
+def test_a_lock_held_by_another_session_mid_way_leaves_everything_as_it_was(
+        demo_db, coaching, exported):
+    before = demo_db.fingerprint()
+    with demo_db.connect() as reader:
+        # An application transaction still reading the chat: the DROP cannot get its lock.
+        reader.execute("SELECT count(*) FROM public.sponsor_chat_messages")
+        started = time.perf_counter()
+        with pytest.raises(LockBusy, match="lock_timeout"):
+            with demo_db.connect() as conn:
+                drops.perform_drop(conn, coaching, exported, lock_timeout="300ms")
+        assert time.perf_counter() - started < 5
+        reader.rollback()
+    assert demo_db.fingerprint() == before
+
+
+def test_a_killed_connection_mid_way_leaves_everything_as_it_was(demo_db, coaching, exported):
+    before = demo_db.fingerprint()
+    with demo_db.connect(autocommit=True) as admin, demo_db.connect() as reader:
+        reader.execute("SELECT count(*) FROM public.sponsor_visible_memos")
+        conn = demo_db.connect(application_name="playbook-drop-under-test")
+
+        def kill_when_waiting() -> None:
+            for _ in range(200):
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'playbook-drop-under-test' "
+                    "AND wait_event_type = 'Lock'").fetchall()
+                if killed:
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_waiting)
+        killer.start()
+        with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
+            drops.perform_drop(conn, coaching, exported, lock_timeout="20s")
+        killer.join()
+        conn.close()
+        reader.rollback()
+    assert demo_db.fingerprint() == before
+
+
+@pytest.mark.parametrize("hostile", ["view public.x; DROP TABLE public.profiles --",
+                                     "fo'o", 'ba"r'])
+def test_an_injection_string_as_a_dependent_name_changes_nothing(demo_db, coaching, exported,
+                                                                 hostile):
+    before = demo_db.fingerprint()
+    with pytest.raises(ConfigurationError, match="do not depend on the migration"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported, [hostile])
+    assert demo_db.fingerprint() == before
+
+
+def test_review_plan_shows_the_statements_execute_runs_children_first(demo_db, coaching):
+    run = begin_run("20_rollback_coaching_tables")
+    plan = drops.review_drop(run, coaching)
+    text = plan.sql_text()
+    assert "CASCADE" not in text
+    assert text.index('"sponsor_chat_messages"') < text.index('DROP TABLE "public".'
+                                                               '"sponsor_connections"')
+    assert 'DROP FUNCTION "public"."is_sponsor_of"(uuid);' in text
+
+
+def test_rollback_of_an_already_rolled_back_migration_is_not_an_error(demo_db, coaching,
+                                                                      exported):
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, exported).committed
+    with demo_db.connect() as conn:
+        again = drops.perform_drop(conn, coaching, exported, require_export=False)
+    assert not again.committed and "rollback not needed" in again.note
+
+
+def test_pg_dump_archive_is_written_without_the_password_in_argv(demo_db, coaching, exported):
+    import json
+
+    manifest = json.loads((exported / "manifest.json").read_text())
+    archive = exported / manifest["extra"]["archive"]["file"]
+    assert archive.read_bytes()[:5] == b"PGDMP"
+    assert "password" not in json.dumps(manifest).lower()
