@@ -324,6 +324,8 @@ class RestoreResult:
         rows = [("strategy", self.plan.strategy), ("parallel jobs", self.plan.jobs),
                 ("backup", self.plan.backup.path.name),
                 ("executed", "yes" if self.executed else "no (review mode: nothing changed)")]
+        if self.plan.platform == "supabase":
+            rows = [("restore", "done in the Supabase dashboard (checklist above)")]
         if self.executed:
             rows += [("sessions ended", len(self.terminated)),
                      ("pg_restore seconds", round(self.restore_seconds, 2)),
@@ -441,11 +443,18 @@ def _wait_for_no_sessions(conn: psycopg.Connection, database: str, seconds: floa
 def reopen_connections(plan: RestorePlan, *, execute: bool) -> pd.DataFrame:
     """Step 5's first line: let the application connect again (in place with
     block_connections: give back exactly the CONNECT grants that were taken)."""
+    rows = [{"step": s.what, "done": "yes" if execute else "no (review)"} for s in plan.reopen]
     if execute and plan.reopen:
         with _admin(plan.url, plan.maintenance_database, autocommit=True) as conn:
             for step in plan.reopen:
                 conn.execute(step.statement)
-    rows = [{"step": s.what, "done": "yes" if execute else "no (review)"} for s in plan.reopen]
+            acl = database_acl(conn, plan.database)
+        if acl != plan.database_acl_before:
+            raise VerificationFailed(
+                f"After giving connections back, the database's grants are {acl}, not "
+                f"{plan.database_acl_before} as before the restore.",
+                next_step="grant CONNECT back by hand to the roles missing above.")
+        rows.append({"step": "database grants as before the restore", "done": "PASS"})
     return pd.DataFrame(rows or [{"step": "nothing was blocked", "done": "-"}],
                         columns=["step", "done"])
 
@@ -753,7 +762,9 @@ def verify_for_run(run, plan: RestorePlan, tested: TestRestore | None) -> pd.Dat
     from .verification import checks_table
 
     with run.connect(read_only=True) as conn:
-        checks = verify_restore(conn, plan.backup, tested, plan.database_acl_before)
+        # In place, CONNECT stays revoked until step 5 gives it back (and checks it there).
+        acl = plan.database_acl_before if plan.strategy == "swap" else None
+        checks = verify_restore(conn, plan.backup, tested, acl)
     plan.checks = checks
     elapsed = (datetime.now(UTC) - run.started_at).total_seconds()
     shown = checks_table(checks)
