@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from playbook import drops
