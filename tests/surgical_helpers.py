@@ -58,6 +58,9 @@ def supabase_plain_dump(url: str, major: int, folder: Path) -> Path:
     path = folder / "db_cluster-01-01-2025@00-00-00.backup.gz"
     with gzip.open(path, "wt", encoding="utf-8") as out:
         out.write(roles.stdout)
+        # What Supabase's dumps carry and plain PostgreSQL lacks: harmless on restore.
+        out.write('CREATE ROLE postgres;\nCREATE EXTENSION IF NOT EXISTS "pg_graphql";\n'
+                  "GRANT USAGE ON SCHEMA public TO supabase_missing_role;\n")
         out.write(data.stdout)
         out.write("--\n-- PostgreSQL database cluster dump complete\n--\n\n")
     return path

@@ -1,0 +1,82 @@
+"""The repair transaction: strategies, refusals, and a killed connection."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from playbook import localdb, repair, table_diff
+from playbook.errors import ConnectionFailed, PreconditionFailed
+from playbook.names import QualifiedName
+from surgical_helpers import DAMAGED, damage, rows_by_id
+
+
+@pytest.fixture
+def backup_copy(demo_db, pg_cluster):
+    name = demo_db.name + "_bk"
+    url = localdb.create_database(pg_cluster.admin_url, name, template=demo_db.name)
+    yield url
+    localdb.drop_database(pg_cluster.admin_url, name)
+
+
+def _plan(scratch, live, strategy=None, allowed=()):
+    tables = [QualifiedName(*t.split(".")) for t in DAMAGED]
+    report = table_diff.diff_tables(scratch, live, tables, None)
+    return repair.plan_repair(live, report, strategy or {}, allowed)
+
+
+def test_missing_brings_back_deleted_rows_and_leaves_changed_ones(demo_db, backup_copy):
+    damage(demo_db.url)
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        plan = _plan(scratch, live, {t: "missing" for t in DAMAGED})
+        result = repair.execute_repair(scratch, live, plan)
+    assert all(c.passed for c in result.checks)
+    assert demo_db.scalar("SELECT count(*) FROM public.virtues WHERE description = 'CORRUPTED'"
+                          ) == 4
+
+
+def test_replace_is_refused_while_rows_were_added_since_the_backup(demo_db, backup_copy):
+    damage(demo_db.url)
+    fingerprint = demo_db.fingerprint()
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        plan = _plan(scratch, live, {"public.journal_entries": "replace"})
+        with pytest.raises(PreconditionFailed, match="added since the backup"):
+            repair.execute_repair(scratch, live, plan)
+    assert demo_db.fingerprint() == fingerprint
+
+
+def test_replace_when_named_makes_the_table_equal_to_the_backup(demo_db, backup_copy):
+    before = rows_by_id(demo_db.url, "public.journal_entries")
+    damage(demo_db.url)
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        plan = _plan(scratch, live, {"public.journal_entries": "replace"},
+                     ["public.journal_entries"])
+        result = repair.execute_repair(scratch, live, plan)
+    assert all(c.passed for c in result.checks)
+    assert rows_by_id(demo_db.url, "public.journal_entries") == before
+
+
+def test_a_killed_connection_mid_repair_leaves_live_as_it_was(demo_db, backup_copy):
+    damage(demo_db.url)
+    tables = {t: rows_by_id(demo_db.url, t) for t in DAMAGED}
+
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        pid = live.info.backend_pid
+
+        def kill_after_writing(step: str) -> None:
+            if step == "written":
+                with demo_db.connect(autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        plan = _plan(scratch, live)
+        with pytest.raises(ConnectionFailed):
+            repair.execute_repair(scratch, live, plan, on_step=kill_after_writing)
+    assert {t: rows_by_id(demo_db.url, t) for t in DAMAGED} == tables
+
+
+def test_unknown_strategy_and_unchosen_table_are_refused(demo_db, backup_copy):
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        with pytest.raises(Exception, match="use one of"):
+            _plan(scratch, live, {"public.virtues": "everything"})
+        with pytest.raises(Exception, match="not among the chosen"):
+            _plan(scratch, live, {"public.profiles": "missing"})

@@ -1,0 +1,92 @@
+"""Supabase's backups (dashboard download, roles/schema/data trio) restored into a scratch
+database, with their errors captured and classified."""
+
+from __future__ import annotations
+
+import gzip
+
+import psycopg
+import pytest
+
+from playbook import supabase_dumps
+from playbook.errors import BackupUnusable
+from surgical_helpers import supabase_plain_dump, supabase_trio, truncated_copy
+
+
+def test_psql_errors_are_classified_with_their_line():
+    stderr = (
+        'psql:/tmp/x.sql:12: ERROR:  role "supabase_admin" already exists\n'
+        "psql:/tmp/x.sql:40: ERROR:  grant options cannot be granted back to your own grantor\n"
+        'psql:/tmp/x.sql:41: ERROR:  extension "pg_graphql" is not available\n'
+        'psql:/tmp/x.sql:90: ERROR:  relation "public.lost" does not exist\n'
+        "psql:/tmp/x.sql:91: ERROR:  invalid command \\N\n"
+    )
+    errors = supabase_dumps.parse_psql_errors(stderr)
+    assert [(e.line, e.harmless) for e in errors] == [
+        (12, True), (40, True), (41, True), (90, False), (91, False)]
+    assert "data was lost" in errors[-1].why
+
+
+def test_dashboard_download_restores_into_scratch_without_touching_the_superuser(
+        demo_db, pg_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
+    path = supabase_plain_dump(demo_db.url, demo_db.major, tmp_path)
+    backup = supabase_dumps.read_any_backup(path)
+    assert backup.kind == supabase_dumps.KIND_SUPABASE_PLAIN
+    restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
+    try:
+        with demo_db.connect() as conn:
+            expected = conn.execute("SELECT count(*) FROM public.journal_entries").fetchone()[0]
+        assert restored.counts["public.journal_entries"] == expected
+        assert restored.script.fatal == []
+        assert restored.script.harmless  # "role postgres already exists" and the like
+        # The dump's ALTER ROLE postgres ... PASSWORD never ran: we still log in.
+        psycopg.connect(pg_cluster.admin_url).close()
+    finally:
+        restored.scratch.drop()
+
+
+def test_trio_restores_into_scratch(demo_db, pg_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
+    folder = supabase_trio(demo_db.url, demo_db.major, tmp_path / "trio")
+    backup = supabase_dumps.read_any_backup(folder)
+    assert backup.kind == supabase_dumps.KIND_SUPABASE_TRIO
+    restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
+    try:
+        assert restored.counts["public.sponsor_chat_messages"] == demo_db.scalar(
+            "SELECT count(*) FROM public.sponsor_chat_messages")
+    finally:
+        restored.scratch.drop()
+
+
+def test_truncated_download_is_refused_before_any_restore(demo_db, tmp_path):
+    path = supabase_plain_dump(demo_db.url, demo_db.major, tmp_path)
+    cut = truncated_copy(path, tmp_path / "cut.backup.gz")
+    with pytest.raises(BackupUnusable, match="truncated or damaged"):
+        supabase_dumps.read_any_backup(cut)
+    plain = tmp_path / "cut.backup"
+    with gzip.open(path, "rb") as handle:
+        text = handle.read()
+    plain.write_bytes(text[: len(text) * 2 // 3])
+    with pytest.raises(BackupUnusable, match="truncated"):
+        supabase_dumps.read_any_backup(plain)
+
+
+def test_a_copy_that_fails_stops_the_restore_with_its_line(pg_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
+    script = tmp_path / "broken.backup"
+    script.write_text(
+        "-- PostgreSQL database dump\n"
+        "CREATE TABLE public.kept (id int PRIMARY KEY);\n"
+        "COPY public.missing_table (id) FROM stdin;\n1\n\\N\n\\.\n"
+        "--\n-- PostgreSQL database dump complete\n--\n")
+    backup = supabase_dumps.read_any_backup(script)
+    with pytest.raises(BackupUnusable, match="line 3"):
+        supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
+
+
+def test_unreadable_file_is_refused(tmp_path):
+    junk = tmp_path / "photo.backup"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(BackupUnusable):
+        supabase_dumps.read_any_backup(junk)
