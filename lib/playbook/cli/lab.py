@@ -41,7 +41,10 @@ LAB_SETTINGS: dict[str, dict[str, object]] = {
         "fetchNews": "false",
         "checkForUpdates": False,
     },
-    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/notebook-extension/tracker": {
+        "windowingMode": "none",
+        "autoStartDefaultKernel": True,  # the project's kernel, no "Select Kernel" dialog
+    },
 }
 
 
