@@ -181,6 +181,11 @@ class RestorePlan:
             rows.append({"#": number, "step": step.what, "runs on": step.on, "statement": text})
         return pd.DataFrame(rows, columns=["#", "step", "runs on", "statement"])
 
+    def show(self):
+        """The plan for the notebook: every statement in full (no truncation)."""
+        return self.table().style.hide(axis="index").set_properties(
+            subset=["statement"], **{"text-align": "left", "font-family": "monospace"})
+
 
 def _maintenance_database(database: str) -> str:
     return "template1" if database == "postgres" else "postgres"
