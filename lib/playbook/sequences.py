@@ -409,7 +409,7 @@ def verification_checks(conn: psycopg.Connection, d: SequenceDiagnosis, *,
     checks = [
         Check(f"{d.column} default draws from {d.sequence}", d.default_uses_sequence,
               d.column_default or "(none)", "identity" if d.identity else
-              f"nextval('{d.sequence}'::regclass)"),
+              f"nextval of {d.sequence}"),
         Check(f"next value > MAX({d.column})", not d.behind,
               f"next {d.next_value}, MAX {_shown(d.max_id)}", f"> {_shown(d.max_id)}"),
     ]
