@@ -31,25 +31,13 @@ import psycopg
 
 from . import connecting, localdb
 from .errors import BackupUnusable, ConfigurationError, PlaybookError
+from .exports import client_environment
 from .names import QualifiedName, split_identifier
 
 KIND_PG_DUMP_CUSTOM = "pg_dump custom archive"
 CUSTOM_MAGIC = b"PGDMP"
 BACKUP_SUFFIX = ".dump"
 PARTIAL_SUFFIX = ".partial"
-
-# libpq connection keywords and the environment variables that carry them to a tool.
-LIBPQ_ENVIRONMENT = {
-    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
-    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
-    "service": "PGSERVICE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL",
-    "connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS",
-    "application_name": "PGAPPNAME", "target_session_attrs": "PGTARGETSESSIONATTRS",
-    "channel_binding": "PGCHANNELBINDING", "gssencmode": "PGGSSENCMODE",
-    "requiressl": "PGREQUIRESSL", "krbsrvname": "PGKRBSRVNAME",
-}
-
 
 @dataclass(frozen=True)
 class Backup:
@@ -98,22 +86,10 @@ def backups_table(backups: Iterable[Backup]) -> pd.DataFrame:
 
 
 def tool_environment(url: str) -> dict[str, str]:
-    """The process environment for a libpq tool that should reach ``url``: every
-    connection keyword as its PG* variable (the password included), so nothing secret
-    is on the command line. Times in archive headers are written in UTC."""
-    env = dict(os.environ)  # the operator's own PG* settings stay, the URL's override them
-    for keyword, value in connecting.parse(url).items():
-        if value in (None, ""):
-            continue
-        variable = LIBPQ_ENVIRONMENT.get(keyword)
-        if variable is None:
-            raise ConfigurationError(
-                f"The connection string uses the option {keyword!r}, which cannot be passed to "
-                "pg_dump/pg_restore without putting the connection string on their command "
-                "line. Nothing was changed.",
-                next_step="move that option to a service file (PGSERVICE) or ~/.pgpass.",
-            )
-        env[variable] = str(value)
+    """The process environment for a libpq tool that should reach ``url``: the whole
+    connection (password included) as PG* variables (exports.client_environment), so
+    nothing secret is on the command line; archive headers written in UTC."""
+    env = client_environment(url)
     env["TZ"] = "UTC"
     return env
 
