@@ -49,7 +49,8 @@ class LabPage:
         """Open ``notebook`` (inside the lab's root) and wait for its kernel to be idle."""
         self.notebook_path = notebook
         relative = notebook.relative_to(self.server.root_dir).as_posix()
-        self.page.goto(self.server.url(f"lab/tree/{relative}"))
+        # A workspace of its own: JupyterLab would otherwise reopen other tests' tabs.
+        self.page.goto(self.server.url(f"lab/workspaces/{self.folder.name}/tree/{relative}"))
         self.page.locator(".jp-Notebook .jp-Cell").first.wait_for(
             timeout=KERNEL_START_TIMEOUT_MS)
         # autoStartDefaultKernel should spare the operator the "Select Kernel" dialog; if
@@ -192,12 +193,20 @@ class LabPage:
 
 
 def saved_widget_answers(nb: nbformat.NotebookNode) -> dict[str, object]:
-    """What the saved widget state says each answer widget showed, keyed by its CSS class
+    """What the saved notebook shows each answer widget holding, keyed by its CSS class
     (``gate-<id>``, ``triage-<id>``, ``checklist-<id>``): a ToggleButtons' label ("YES",
-    "NO", None when unanswered) or a Checkbox's value."""
-    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    "NO", None when unanswered) or a Checkbox's value.
+
+    Only widgets reachable from a cell's displayed output count: the saved state also
+    keeps models of earlier runs of a cell, which no reader of the record sees."""
+    state = nb.metadata.get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
     found: dict[str, object] = {}
-    for model in state.get("state", {}).values():
+
+    def visit(model_id: str) -> None:
+        model = state.get(model_id)
+        if model is None:
+            return
         attrs = model.get("state", {})
         for css_class in attrs.get("_dom_classes", []):
             if model.get("model_name") == "ToggleButtonsModel":
@@ -205,6 +214,14 @@ def saved_widget_answers(nb: nbformat.NotebookNode) -> dict[str, object]:
                 found[css_class] = None if index is None else attrs["_options_labels"][index]
             elif model.get("model_name") == "CheckboxModel":
                 found[css_class] = attrs.get("value")
+        for child in attrs.get("children", []):
+            visit(child.removeprefix("IPY_MODEL_"))
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view:
+                visit(view["model_id"])
     return found
 
 
