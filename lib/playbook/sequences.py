@@ -36,6 +36,7 @@ from psycopg import sql
 from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, VerificationFailed
 from .gates import Gate, reject_unknown_answers
 from .locks import take_playbook_lock
+from .migrations import load_migration
 from .names import QualifiedName, parse_column_name, parse_table_name, require_column, table_oid
 from .queries import run_script, translated_errors
 from .runs import Run
@@ -495,11 +496,14 @@ class ChangeSet:
 
 
 def load_change_set(folder: Path = CHANGE_SET_DIR) -> ChangeSet:
-    described = yaml.safe_load((folder / "migration.yaml").read_text())
+    """The change set as :func:`migrations.load_migration` reads it, plus the table and
+    column its forward script repairs (``table``/``column`` in its migration.yaml)."""
+    migration = load_migration(folder)
+    described = yaml.safe_load((migration.folder / "migration.yaml").read_text())
     return ChangeSet(
-        name=described["name"], title=described["title"],
-        deploy=folder / described["deploy"], revert=folder / described["revert"],
-        table=parse_table_name(described["table"]), column=parse_column_name(described["column"]),
+        name=migration.name, title=migration.title, deploy=migration.deploy,
+        revert=migration.revert, table=parse_table_name(described["table"]),
+        column=parse_column_name(described["column"]),
     )
 
 
