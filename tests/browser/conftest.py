@@ -98,6 +98,8 @@ def lab_server(chromium_executable: Path, lab_database: str,
     OUTPUT.mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items()
                 if k not in ("DATABASE_URL", "PGPASSWORD", *connecting.LIBPQ_TARGET_VARIABLES)}
+    # Exports and records of the notebooks run here stay in the scratch folder.
+    base_env["PLAYBOOK_INCIDENTS"] = str(workspace / "incidents")
     with open(OUTPUT / "jupyterlab.log", "w") as log:
         server = start_lab(root_dir, home_dir=workspace / "home", port=0,
                            database_url=lab_database, base_env=base_env, log=log, timeout=90)

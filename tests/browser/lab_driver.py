@@ -13,10 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import nbformat
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
 from playwright.sync_api import Locator, Page
 
 from playbook.cli.lab import LabServer
 
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
 KERNEL_START_TIMEOUT_MS = 90_000
 RUN_TIMEOUT_MS = 120_000
@@ -38,6 +41,15 @@ class LabPage:
         target = self.folder / source.name
         shutil.copyfile(source, target)
         return target
+
+    def add_prepared_notebook(self, stem: str, **parameters: object) -> Path:
+        """notebooks/<stem>.ipynb with ``parameters`` injected as papermill's
+        ``--prepare-only`` does, written into this test's folder; the widgets then start
+        from the injected ``answers``."""
+        nb = load_notebook_node(str(NOTEBOOKS / f"{stem}.ipynb"))
+        path = self.folder / f"{stem}.ipynb"
+        nbformat.write(parameterize_notebook(nb, parameters), path)
+        return path
 
     def saved_notebook(self) -> nbformat.NotebookNode:
         assert self.notebook_path is not None

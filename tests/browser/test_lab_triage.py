@@ -4,32 +4,17 @@ a prerequisite, save. The saved notebook is the record of what was answered."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 from lab_driver import outputs_text, saved_widget_answers
-from papermill.iorw import load_notebook_node
-from papermill.parameterize import parameterize_notebook
 
-ROOT = Path(__file__).resolve().parents[2]
 STEM = "00_triage"
 TREE = ("application_completely_broken", "data_corrupted", "multiple_migrations_failed",
         "forward_fix_possible")
 
 
-def _prepared_copy(lab, **parameters):
-    """The shipped notebook with this incident's parameters injected (papermill's
-    --prepare-only), copied into the test's lab folder: answers stay for the widgets."""
-    nb = load_notebook_node(str(ROOT / "notebooks" / f"{STEM}.ipynb"))
-    nb = parameterize_notebook(nb, parameters)
-    path = lab.folder / f"{STEM}.ipynb"
-    nbformat.write(nb, path)
-    return path
-
-
 def test_triage_decision_tree_answered_in_the_browser_recommends_and_is_recorded(lab):
-    lab.open(_prepared_copy(lab, incident_id="INC-BROWSER-1", operator="browser test",
-                            suspected_migration="coaching_tables"))
+    lab.open(lab.add_prepared_notebook(STEM, incident_id="INC-BROWSER-1",
+                                       operator="browser test",
+                                       suspected_migration="coaching_tables"))
     lab.run_all()
 
     assert lab.questions("triage-") == list(TREE)
