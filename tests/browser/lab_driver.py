@@ -23,6 +23,10 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
 KERNEL_START_TIMEOUT_MS = 90_000
 RUN_TIMEOUT_MS = 120_000
+# The highest execution count any cell shows ("[12]:"), 0 when none ran.
+_LAST_EXECUTION_COUNT = """() => Math.max(0, ...[
+    ...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')
+].map(p => parseInt((p.textContent.match(/\\d+/) || ['0'])[0])))"""
 
 
 class LabPage:
@@ -89,27 +93,36 @@ class LabPage:
             item.click()
 
     def run_all(self) -> None:
+        before = self._last_execution_count()
         self.menu("Run", "Run All Cells")
-        self.wait_until_idle()
+        self.wait_until_idle(after=before)
 
     def run_from(self, cell: Locator) -> None:
         """Select ``cell`` and run it and every cell below (after answering a gate)."""
         self.select(cell)
+        before = self._last_execution_count()
         self.menu("Run", "Run Selected Cell and All Below")
-        self.wait_until_idle()
+        self.wait_until_idle(after=before)
 
     def select(self, cell: Locator) -> None:
         cell.scroll_into_view_if_needed()
         cell.locator(".jp-InputPrompt").first.click()
 
-    def wait_until_idle(self, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    def _last_execution_count(self) -> int:
+        return self.page.evaluate(_LAST_EXECUTION_COUNT)
+
+    def wait_until_idle(self, after: int = -1, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+        """Wait until the kernel ran something (an execution count above ``after``), no
+        cell is queued or running, and the kernel is idle."""
         self.page.wait_for_function(
-            """() => {
+            f"""after => {{
                 const prompts = [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')];
                 const running = prompts.some(p => p.textContent.includes('*'));
                 const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
-                return !running && indicator && indicator.dataset.status === 'idle';
-            }""",
+                return !running && ({_LAST_EXECUTION_COUNT})() > after &&
+                    indicator && indicator.dataset.status === 'idle';
+            }}""",
+            arg=after,
             timeout=timeout_ms,
         )
 
