@@ -70,6 +70,9 @@ def test_broken_application_with_corrupted_data_is_the_nuclear_option(demo_db):
     decision = decide({"application_completely_broken": "yes", "data_corrupted": "yes"},
                       evidence_of(demo_db))
     assert decision.recommendation.notebook == FULL_RESTORE
+    assert any(RESTORE_TABLES in note for note in decision.recommendation.notes), (
+        "the surgical restore is offered before the nuclear option"
+    )
     assert "after the backup" in decision.alternatives().set_index("alternative").loc[
         "Data Preservation", "here"]
 

@@ -406,6 +406,8 @@ def decide(answers: Mapping[str, str | None], evidence: Evidence,
             "full database restore from backup (nuclear option)", FULL_RESTORE,
             "The application is completely broken and data is corrupted: restore the whole "
             "database from a backup taken before the migration.",
+            [f"if the corruption is limited to some tables, {RESTORE_TABLES} restores just "
+             "those and keeps everything written since the backup; the full restore loses it"],
         ), evidence)
     multiple = ask("multiple_migrations_failed")
     if multiple is None:
