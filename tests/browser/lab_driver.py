@@ -151,18 +151,14 @@ class LabPage:
 
     def questions(self, prefix: str = "gate-") -> list[str]:
         """Question ids of every YES/NO widget rendered whose class starts with ``prefix``
-        (gates use ``gate-<id>``, triage ``triage-<id>``), each once, in page order."""
+        (gates use ``gate-<id>``, triage ``triage-<id>``), in page order: a question
+        rendered twice appears twice."""
         toggles = self.page.locator(f".widget-toggle-buttons[class*='{prefix}']")
         toggles.first.wait_for()  # widget views render after the cell finished
         classes = toggles.evaluate_all(
             "(els, prefix) => els.map(e => [...e.classList].find(c => c.startsWith(prefix)))",
             prefix)
-        seen: list[str] = []
-        for name in classes:
-            qid = (name or "").removeprefix(prefix)
-            if qid and qid not in seen:
-                seen.append(qid)
-        return seen
+        return [name.removeprefix(prefix) for name in classes if name]
 
     def answer(self, question_id: str, choice: str, prefix: str = "gate-") -> None:
         """Click YES or NO for ``question_id``, as the operator would."""
