@@ -187,13 +187,11 @@ class Checklist:
             rows.append(box)
         return widgets.VBox(rows)
 
-    def show(self):
-        """Display the checkboxes (in a notebook) and return them."""
+    def show(self) -> None:
+        """Display the checkboxes (in a notebook); returns None so they render once."""
         from IPython.display import display
 
-        box = self.widget()
-        display(box)
-        return box
+        display(self.widget())
 
     # -- the record ---------------------------------------------------------------
 

@@ -130,13 +130,12 @@ class Gate:
             rows.append(widgets.VBox(row))
         return widgets.VBox(rows)
 
-    def show(self):
-        """Display the gate's widgets (in a notebook) and return them."""
+    def show(self) -> None:
+        """Display the gate's widgets (in a notebook). Returns None so that a cell ending
+        in ``gate.show()`` renders the questions once, not twice."""
         from IPython.display import display
 
-        box = self.widget()
-        display(box)
-        return box
+        display(self.widget())
 
     # -- the decision -------------------------------------------------------------
 

@@ -36,7 +36,7 @@ class Checklist:
     def untick(self, step_id: str) -> None:
         self.done_at.pop(step_id, None)
 
-    def show(self):
+    def show(self) -> None:
         """Checkboxes in JupyterLab; ticking one records the time."""
         import ipywidgets as widgets
         from IPython.display import display
@@ -52,9 +52,7 @@ class Checklist:
 
             box.observe(changed, names="value")
             rows.append(box)
-        view = widgets.VBox(rows)
-        display(view)
-        return view
+        display(widgets.VBox(rows))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(

@@ -328,7 +328,7 @@ class TriageQuestions:
             return f"the database shows {self.evidence.orphaned_profiles} orphaned profiles"
         return ""
 
-    def show(self):
+    def show(self) -> None:
         import ipywidgets as widgets
         from IPython.display import display
 
@@ -343,9 +343,7 @@ class TriageQuestions:
             rows.append(widgets.VBox([
                 widgets.HTML(f"{text} <code>{qid}</code> (NO: {NO_MEANS[qid]})"), toggle,
                 *([widgets.HTML(f"&#x1F50E; {hint}")] if hint else [])]))
-        box = widgets.VBox(rows)
-        display(box)
-        return box
+        display(widgets.VBox(rows))
 
     def current(self) -> dict[str, str | None]:
         if self._widgets:
