@@ -1,14 +1,13 @@
 """What an operator does in JupyterLab, as Playwright steps: open a notebook, use the
 menus, click a gate's YES/NO buttons, read what the cells showed, save.
 
-Every wait is bounded; "the kernel is done" means no cell shows ``[*]`` and the
-notebook's execution indicator says idle.
+Every wait is bounded; "the run is done" means an execution count rose, no cell shows
+``[*]`` and the notebook's execution indicator says idle.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -39,12 +38,6 @@ class LabPage:
         self._shots = 0
 
     # -- files ------------------------------------------------------------------------
-
-    def add_notebook(self, source: Path) -> Path:
-        """Copy ``source`` into this test's folder in the lab; return the copy."""
-        target = self.folder / source.name
-        shutil.copyfile(source, target)
-        return target
 
     def add_prepared_notebook(self, stem: str, **parameters: object) -> Path:
         """notebooks/<stem>.ipynb with ``parameters`` injected as papermill's
