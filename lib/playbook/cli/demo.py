@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="on the embedded server only: drop and recreate the demo database")
     load.set_defaults(func=load_command)
 
+    run = actions.add_parser("run", help="the main job: a fresh demo database, then the whole "
+                             "playbook run headlessly, leaving incident records")
+    run.add_argument("--rows", type=int, default=2000,
+                     help="number of chat messages in the demo database")
+    run.add_argument("--incident", default="", help="incident id (default: demo-<time>)")
+    run.set_defaults(func=run_command)
+
     brk = actions.add_parser("break", help="simulate an incident")
     brk.add_argument("kind", choices=sorted(demo_app.SIMULATORS),
                      help="; ".join(f"{k}: {v}" for k, v in sorted(demo_app.SIMULATORS.items())))
@@ -54,3 +61,9 @@ def break_command(args: argparse.Namespace) -> int:
         conn.commit()
     print(f"{args.kind}: {described}")
     return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..demo_run import run_demo  # papermill and nbconvert load only for this command
+
+    return run_demo(rows=args.rows, incident_id=args.incident)

@@ -1,0 +1,56 @@
+"""The main job (`make demo`): the whole playbook rehearsed headlessly, leaving records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+
+from helpers import run_cli
+
+
+def test_demo_run_rehearses_every_notebook_and_leaves_a_complete_incident(empty_db,
+                                                                          project_env, tmp_path):
+    incidents = tmp_path / "incidents"
+    env = dict(project_env, DATABASE_URL=empty_db.url, PLAYBOOK_INCIDENTS=str(incidents))
+    result = run_cli("demo", "run", "--rows", "400", "--incident", "rehearsal-1", env=env,
+                     timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+
+    folder = next(incidents.glob("*-rehearsal-1"))
+    outcomes = {json.loads(p.read_text())["notebook"]: json.loads(p.read_text())["outcome"]
+                for p in folder.glob("*.json")}
+    assert set(outcomes) == {"00_triage", "10_rollback_sequence", "20_rollback_coaching_tables",
+                             "21_recover_coaching_tables", "30_full_restore",
+                             "31_restore_tables"}
+    assert set(outcomes.values()) == {"succeeded"}
+    assert (folder / "timeline.md").exists() and (folder / "timeline.png").exists()
+
+    # The database ends healthy: the sequence repaired, coaching data back, damage repaired.
+    with psycopg.connect(empty_db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM public.sponsor_chat_messages").fetchone()[0] \
+            == 400
+        assert conn.execute(
+            "SELECT count(*) FROM public.virtues WHERE description = 'CORRUPTED'"
+        ).fetchone()[0] == 0
+        conn.execute(
+            "INSERT INTO public.sponsor_connections (practitioner_user_id, sponsor_user_id, "
+            "status) VALUES (md5('user-2')::uuid, md5('user-5')::uuid, 'active')")
+        conn.rollback()
+
+    password = psycopg.conninfo.conninfo_to_dict(empty_db.url)["password"]
+    leaked = [p for p in folder.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert leaked == []
+    assert password not in result.stdout + result.stderr
+
+
+def test_demo_run_refuses_a_database_that_is_not_empty(demo_db, project_env, tmp_path):
+    before = demo_db.fingerprint()
+    env = dict(project_env, PLAYBOOK_INCIDENTS=str(tmp_path / "incidents"))
+    result = run_cli("demo", "run", env=env)
+    assert result.returncode == 2
+    assert "only runs on an empty database" in result.stderr
+    assert demo_db.fingerprint() == before
+    assert not Path(tmp_path / "incidents").exists()
