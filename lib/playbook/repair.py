@@ -403,10 +403,11 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
     is taken again under the locks: the plan only chose the strategies."""
     plan.require_allowed()
     step = on_step or (lambda _name: None)
-    for conn in (scratch, live):
-        conn.commit()
-        table_diff.make_comparable(conn)
-        conn.commit()
+    with translated_errors():  # a session lost here is reported like one lost later
+        for conn in (scratch, live):
+            conn.commit()
+            table_diff.make_comparable(conn)
+            conn.commit()
     scratch.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     checks: list[Check] = []
     written: dict[str, dict[str, int]] = {}

@@ -381,9 +381,11 @@ def _test_insert(conn: psycopg.Connection, d: SequenceDiagnosis) -> tuple[int | 
         statement = sql.SQL("SELECT nextval({})").format(_regclass(d.sequence))
         how = "empty table, no row to copy: nextval"
     new_id = None
-    with conn.transaction() as savepoint:
+    # force_rollback rather than raising psycopg.Rollback: if the session dies in here,
+    # the failed rollback must not surface as a bare psycopg.Rollback (the next statement
+    # reports the lost connection as the playbook's ConnectionFailed instead).
+    with conn.transaction(force_rollback=True):
         new_id = conn.execute(statement).fetchone()[0]
-        raise psycopg.Rollback(savepoint)
     return new_id, how
 
 

@@ -1,0 +1,365 @@
+"""Faults rehearsed: the notebook's own backend killed at each step of every destructive
+notebook (10 reset, 20 drop, 21 recovery, 31 repair), a conflicting lock held by the
+application, the export folder filled up or removed mid-export, and two operators at
+once. After each, the database is either untouched or completely rolled back to the
+migration's absence with a verified export, never in between; the tests assert which,
+and that the playbook's message says so.
+
+Kills are real: ``pg_terminate_backend`` from another session, fired by a cursor that
+watches the statements the step sends (``instrument.py``), so no product code changes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+
+import psycopg
+import pytest
+
+from playbook import connecting, demo_app, drops, localdb, recovery, repair, sequences, table_diff
+from playbook.errors import ConnectionFailed, ExportMismatch, GateClosed, LockBusy, PlaybookError
+from playbook.exports import require_sound_export
+from playbook.names import QualifiedName
+from playbook.runs import begin_run
+from reliability.conftest import coaching_tables_present
+from reliability.instrument import InstrumentedRun, Tripwire, instrument, terminator
+
+FAULTS: list[str] = []  # every fault injected, for the summary line
+
+
+def _executing(db, notebook: str):
+    return begin_run(notebook, mode="execute", confirm_database=db.name)
+
+
+def _kill(pg_cluster, pattern: str, occurrence: int = 1, *, after: bool = False) -> Tripwire:
+    FAULTS.append(pattern)
+    return Tripwire(pattern, occurrence, terminator(pg_cluster.admin_url), after=after)
+
+
+# --- 20: the drop ---------------------------------------------------------------------
+
+DROP_STEPS = [
+    ("lock_timeout stated", r"^SELECT set_config\('lock_timeout'", 1, False),
+    ("playbook lock taken", r"pg_try_advisory_xact_lock", 1, False),
+    ("tables locked against writes", r"^LOCK TABLE", 1, False),
+    ("protected tables checksummed", r'FROM "public"\."profiles" AS r', 1, False),
+    ("first table dropped", r"^DROP TABLE", 1, False),
+    ("between two drops", r"^DROP TABLE", 2, True),
+    ("last table dropped", r"^DROP TABLE", 3, True),
+    ("functions dropped", r"^DROP FUNCTION", 2, False),
+    ("verifying inside the transaction", r'FROM "public"\."journal_entries" AS r', 2, False),
+    ("just before COMMIT", r'FROM "public"\."journal_entries" AS r', 2, True),
+]
+
+
+@pytest.mark.parametrize("step, pattern, occurrence, after", DROP_STEPS,
+                         ids=[s[0].replace(" ", "-") for s in DROP_STEPS])
+def test_killing_the_drop_at_each_step_leaves_the_database_untouched(
+        demo_db, pg_cluster, coaching, coaching_export, step, pattern, occurrence, after):
+    before = demo_db.fingerprint()
+    tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
+    run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
+    with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
+        drops.rollback(run, coaching, coaching_export)
+    assert tripwire.fired_at, f"the step {step!r} was never reached"
+    assert demo_db.fingerprint() == before  # untouched: all three tables, every row
+    assert len(coaching_tables_present(demo_db)) == 3
+    # Running the step again from the top completes it: the kill left nothing behind.
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, coaching_export).committed
+
+
+# --- 21: the recovery --------------------------------------------------------------------
+
+RECOVERY_STEPS = [
+    ("playbook lock taken", r"pg_try_advisory_xact_lock", 1, False),
+    ("migration re-applied", r"^-- Coaching tables", 1, True),
+    ("first table re-imported", r'^COPY "public"\."sponsor_visible_memos"', 1, False),
+    ("last table re-imported", r'^COPY "public"\."sponsor_chat_messages"', 1, False),
+    ("sequences moved past MAX", r"^SELECT setval", 2, True),
+    ("proving SHA-256 equal", r"^COPY \(SELECT", 2, False),
+    ("just before COMMIT", r"^SELECT set_config\('synchronize_seqscans'", 3, False),
+]
+
+
+@pytest.mark.parametrize("step, pattern, occurrence, after", RECOVERY_STEPS,
+                         ids=[s[0].replace(" ", "-") for s in RECOVERY_STEPS])
+def test_killing_the_recovery_at_each_step_leaves_the_migration_absent_and_the_export_sound(
+        demo_db, pg_cluster, coaching, coaching_export, step, pattern, occurrence, after):
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, coaching_export).committed
+    rolled_back = demo_db.fingerprint()
+    tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
+    run = InstrumentedRun.wrap(_executing(demo_db, "21_recover_coaching_tables"), tripwire)
+    with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
+        recovery.recover(run, coaching, coaching_export)
+    assert tripwire.fired_at, f"the step {step!r} was never reached"
+    assert demo_db.fingerprint() == rolled_back  # completely rolled back: migration absent
+    assert not coaching_tables_present(demo_db)
+    require_sound_export(coaching_export)  # and the export it needs is still verified
+    with demo_db.connect() as conn:
+        assert recovery.perform_recovery(conn, coaching, coaching_export).committed
+
+
+# --- 10: the sequence reset -------------------------------------------------------------
+
+SEQUENCE_STEPS = [
+    ("playbook lock taken", r"pg_try_advisory_xact_lock", 1, False),
+    ("table locked", r"^LOCK TABLE", 1, True),
+    ("sequence reset", r"COALESCE\(MAX", 1, False),
+    ("test insert", r"^INSERT INTO", 1, True),
+    ("just before COMMIT", r"^SELECT setval\(%s::regclass, %s, %s\)", 1, True),
+]
+
+
+def _without_sequences(fingerprint: dict) -> dict:
+    return {k: v for k, v in fingerprint.items() if not k.startswith("sequence ")}
+
+
+@pytest.mark.parametrize("step, pattern, occurrence, after", SEQUENCE_STEPS,
+                         ids=[s[0].replace(" ", "-") for s in SEQUENCE_STEPS])
+def test_killing_the_sequence_reset_at_each_step_changes_no_row_and_never_moves_back(
+        demo_db, pg_cluster, step, pattern, occurrence, after):
+    with demo_db.connect() as conn:
+        demo_app.break_application(conn, "sequence-behind")
+        conn.commit()
+    before = demo_db.fingerprint()
+    run = _executing(demo_db, "10_rollback_sequence")
+    diagnosis = sequences.diagnose_sequence(run)
+    tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
+    with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
+        sequences.run_rollback(InstrumentedRun.wrap(run, tripwire), diagnosis)
+    assert tripwire.fired_at, f"the step {step!r} was never reached"
+    after_kill = demo_db.fingerprint()
+    # Rows, defaults and every other object: exactly as before.
+    assert _without_sequences(after_kill) == _without_sequences(before)
+    # setval/nextval are never rolled back by PostgreSQL: a kill after the reset leaves the
+    # sequence reset (only ever forward, never behind where it was); before it, untouched.
+    key = f"sequence {diagnosis.sequence}"
+    assert after_kill[key][0] >= before[key][0]
+    if step in ("playbook lock taken", "table locked", "sequence reset"):
+        assert after_kill == before
+    again = sequences.run_rollback(run, sequences.diagnose_sequence(run))
+    assert again.after.healthy
+
+
+# --- 31: the surgical repair ------------------------------------------------------------
+
+
+@pytest.fixture
+def damaged_with_backup(demo_db, pg_cluster):
+    """A backup copy of the demo (the scratch restore) and the demo damaged after it."""
+    name = demo_db.name + "_bk"
+    url = localdb.create_database(pg_cluster.admin_url, name, template=demo_db.name)
+    with demo_db.connect(autocommit=True) as conn:
+        conn.execute("DELETE FROM public.journal_entries WHERE id % 10 = 3")
+        conn.execute("UPDATE public.virtues SET description = 'CORRUPTED' WHERE id % 3 = 0")
+    yield url
+    localdb.drop_database(pg_cluster.admin_url, name)
+
+
+REPAIRED = [QualifiedName("public", "journal_entries"), QualifiedName("public", "virtues")]
+
+
+def _repair_plan(scratch, live):
+    report = table_diff.diff_tables(scratch, live, REPAIRED, None)
+    return repair.plan_repair(live, report, {}, ())
+
+
+@pytest.mark.parametrize("step", ["session prepared", "locked", "staged", "written",
+                                  "verified"])
+def test_killing_the_repair_at_each_step_leaves_live_as_it_was(
+        demo_db, damaged_with_backup, pg_cluster, step):
+    before = demo_db.fingerprint()
+    FAULTS.append(f"repair:{step}")
+    kill = terminator(pg_cluster.admin_url)
+    with psycopg.connect(damaged_with_backup) as scratch, \
+            connecting.connect(url=demo_db.url, purpose="31_restore_tables") as live:
+        plan = _repair_plan(scratch, live)
+        if step == "session prepared":  # before the transaction: its session settings
+            tripwire = Tripwire(r"^SELECT set_config", 1, kill)
+            instrument(live, tripwire)
+            on_step = None
+        else:
+            def on_step(name: str) -> None:
+                if name == step:
+                    kill(live)
+        with pytest.raises(ConnectionFailed):
+            repair.execute_repair(scratch, live, plan, on_step=on_step)
+    assert demo_db.fingerprint() == before
+
+
+# --- conflicting locks held by the application --------------------------------------------
+
+
+def test_recovery_gives_up_within_lock_timeout_while_the_application_writes_profiles(
+        demo_db, coaching, coaching_export):
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, coaching_export).committed
+    rolled_back = demo_db.fingerprint()
+    FAULTS.append("conflicting lock: uncommitted profile insert during recovery")
+    with demo_db.connect() as app:
+        # An application transaction creating a user, not yet committed: the migration's
+        # foreign keys to profiles cannot be created until it ends.
+        app.execute("UPDATE public.profiles SET full_name = full_name "
+                    "WHERE id = (SELECT id FROM public.profiles LIMIT 1)")
+        run = _executing(demo_db, "21_recover_coaching_tables")
+        with pytest.raises(LockBusy, match="rolled back; nothing was changed"):
+            recovery.recover(run, coaching, coaching_export, lock_timeout="300ms")
+        app.rollback()
+    assert demo_db.fingerprint() == rolled_back
+    require_sound_export(coaching_export)
+
+
+def test_repair_gives_up_within_lock_timeout_while_the_application_holds_a_row(
+        demo_db, damaged_with_backup):
+    before = demo_db.fingerprint()
+    FAULTS.append("conflicting lock: open journal update during repair")
+    with demo_db.connect() as app, psycopg.connect(damaged_with_backup) as scratch, \
+            connecting.connect(url=demo_db.url, purpose="31_restore_tables",
+                               limits=connecting.SessionLimits(lock_timeout="300ms")) as live:
+        app.execute("UPDATE public.journal_entries SET title = title WHERE id = 1")
+        plan = _repair_plan(scratch, live)
+        with pytest.raises(LockBusy):
+            repair.execute_repair(scratch, live, plan)
+        app.rollback()
+    assert demo_db.fingerprint() == before
+
+
+# --- the export folder fills up or disappears mid-export -----------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 16 kB tmpfs: the demo's coaching export (about 40 kB) cannot fit."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_disk_full_mid_export_leaves_no_export_the_drop_accepts(demo_db, coaching,
+                                                                  tiny_disk):
+    before = demo_db.fingerprint()
+    FAULTS.append("disk full mid-export")
+    run = _executing(demo_db, "20_rollback_coaching_tables")
+    folder = tiny_disk / "exports"
+    with pytest.raises(OSError, match="No space left"):
+        drops.export_migration_data(run, coaching, folder, show_progress=False)
+    with pytest.raises(ExportMismatch, match="Nothing was changed"):
+        drops.rollback(run, coaching, folder)
+    gate = drops.rollback_gate(run, coaching, folder)
+    assert demo_db.fingerprint() == before
+    assert len(coaching_tables_present(demo_db)) == 3
+    assert gate.failing()  # the STOP gate stays closed whatever was answered
+
+
+def test_an_export_folder_removed_mid_export_is_caught_before_the_drop(
+        demo_db, coaching, tmp_path):
+    before = demo_db.fingerprint()
+    FAULTS.append("export folder removed mid-export")
+    folder = tmp_path / "exports"
+    tripwire = Tripwire(r"^COPY \(SELECT \* FROM", 2,
+                        lambda _conn: shutil.rmtree(folder))
+    run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
+    run.answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
+    try:
+        drops.export_migration_data(run, coaching, folder, show_progress=False)
+    except (OSError, PlaybookError):
+        pass  # failing loudly is fine; what matters is what the drop does next
+    assert tripwire.fired_at
+    gate = drops.rollback_gate(run, coaching, folder)
+    with pytest.raises(GateClosed, match="data_exported"):
+        gate.check()
+    with pytest.raises(ExportMismatch, match="missing"):
+        drops.rollback(run, coaching, folder)
+    assert demo_db.fingerprint() == before
+
+
+# --- two operators at once -------------------------------------------------------------------
+
+
+def _race(*jobs) -> list[object]:
+    """Run the jobs in threads released at the same instant; each result or exception."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[object] = [None] * len(jobs)
+
+    def worker(index: int, job) -> None:
+        barrier.wait()
+        try:
+            results[index] = job()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+            results[index] = exc
+
+    threads = [threading.Thread(target=worker, args=(i, j)) for i, j in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def _slow_after_lock(seconds: float) -> Tripwire:
+    import time
+
+    return Tripwire(r"pg_try_advisory_xact_lock", 1, lambda _c: time.sleep(seconds),
+                    after=True)
+
+
+def test_two_operators_dropping_at_once_one_commits_the_other_is_refused(
+        demo_db, coaching, coaching_export):
+    FAULTS.append("two operators: drop + drop")
+    run = _executing(demo_db, "20_rollback_coaching_tables")
+    first = InstrumentedRun.wrap(run, _slow_after_lock(0.5))
+    second = InstrumentedRun.wrap(run, _slow_after_lock(0.5))
+    outcomes = _race(lambda: drops.rollback(first, coaching, coaching_export),
+                     lambda: drops.rollback(second, coaching, coaching_export))
+    refused = [o for o in outcomes if isinstance(o, PlaybookError)]
+    done = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(done) == 1 and len(refused) == 1, outcomes
+    assert isinstance(refused[0], LockBusy) and "playbook:20_rollback" in str(refused[0])
+    assert not coaching_tables_present(demo_db)  # rolled back once, completely
+
+
+def test_a_recovery_started_while_the_drop_runs_is_refused_and_the_drop_completes(
+        demo_db, coaching, coaching_export):
+    FAULTS.append("two operators: drop + recovery")
+    before_protected = {k: v for k, v in demo_db.fingerprint().items()
+                        if "sponsor" not in k}
+    dropping = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"),
+                                    _slow_after_lock(1.0))
+    recovering = _executing(demo_db, "21_recover_coaching_tables")
+
+    def recover_a_moment_later():
+        import time
+
+        time.sleep(0.3)
+        return recovery.recover(recovering, coaching, coaching_export)
+
+    outcomes = _race(lambda: drops.rollback(dropping, coaching, coaching_export),
+                     recover_a_moment_later)
+    assert not isinstance(outcomes[0], Exception), outcomes[0]
+    assert isinstance(outcomes[1], LockBusy), outcomes[1]
+    after = demo_db.fingerprint()
+    assert not coaching_tables_present(demo_db)
+    assert {k: v for k, v in after.items() if "sponsor" not in k} == before_protected
+
+
+def test_two_operators_resetting_the_sequence_at_once_reset_it_once(demo_db):
+    FAULTS.append("two operators: sequence + sequence")
+    with demo_db.connect() as conn:
+        demo_app.break_application(conn, "sequence-behind")
+        conn.commit()
+    run = _executing(demo_db, "10_rollback_sequence")
+    diagnosis = sequences.diagnose_sequence(run)
+    outcomes = _race(
+        lambda: sequences.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
+                                       diagnosis),
+        lambda: sequences.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
+                                       diagnosis))
+    assert sum(isinstance(o, LockBusy) for o in outcomes) == 1, outcomes
+    assert sequences.diagnose_sequence(run).healthy
