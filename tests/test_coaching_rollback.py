@@ -18,6 +18,7 @@ from playbook.errors import (
     ExportMismatch,
     LockBusy,
     ObjectNotFound,
+    VerificationFailed,
 )
 from playbook.locks import take_playbook_lock
 from playbook.migration_objects import find_in_database, parse_created_objects
@@ -250,3 +251,121 @@ def test_pg_dump_archive_is_written_without_the_password_in_argv(demo_db, coachi
     archive = exported / manifest["extra"]["archive"]["file"]
     assert archive.read_bytes()[:5] == b"PGDMP"
     assert "password" not in json.dumps(manifest).lower()
+
+
+# --- the protected tables, proven in catalog look-ups after the DROP --------------------
+
+# Done by an event trigger inside the drop's own transaction, after each DROP: a change to a
+# protected table the rollback must not commit.
+MEDDLING = {
+    "update": "UPDATE public.profiles SET full_name = 'changed by the drop' "
+              "WHERE id = (SELECT id FROM public.profiles ORDER BY id LIMIT 1)",
+    "delete": "DELETE FROM public.journal_entries WHERE id = (SELECT min(id) FROM "
+              "public.journal_entries)",
+    # An explicit id: sequences are not transactional, the fingerprint would see nextval.
+    "insert": "INSERT INTO public.virtues (id, name) VALUES (1000, 'Meddling') "
+              "ON CONFLICT DO NOTHING",
+    "truncate": "TRUNCATE public.journal_entries",
+    "alter": "ALTER TABLE public.virtues ADD COLUMN IF NOT EXISTS meddled int",
+}
+
+
+def _meddle_during_drops(db, statement: str) -> None:
+    with db.connect() as conn:
+        conn.execute(f"CREATE FUNCTION public.meddle() RETURNS event_trigger LANGUAGE plpgsql "
+                     f"AS $$ BEGIN {statement}; END $$")
+        conn.execute("CREATE EVENT TRIGGER meddle ON sql_drop EXECUTE FUNCTION public.meddle()")
+        conn.commit()
+
+
+@pytest.mark.parametrize("change", sorted(MEDDLING))
+def test_a_change_to_a_protected_table_inside_the_drop_rolls_everything_back(
+        demo_db, coaching, exported, change):
+    _meddle_during_drops(demo_db, MEDDLING[change])
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed, match="rolled back; nothing was dropped"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported)
+    assert demo_db.fingerprint() == before
+    assert len(_tables_present(demo_db)) == 3
+
+
+@pytest.mark.both_versions
+def test_a_row_updated_by_the_drop_transaction_is_caught_on_both_server_versions(
+        pg_cluster, demo_db, coaching, exported):
+    _meddle_during_drops(demo_db, MEDDLING["update"])
+    with pytest.raises(VerificationFailed, match=r"public.profiles .*0 inserted, [1-9][0-9]* updated"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, exported)
+    assert len(_tables_present(demo_db)) == 3
+
+
+def test_application_writes_committed_during_the_drop_do_not_fail_its_proof(demo_db, coaching):
+    with demo_db.connect() as conn, demo_db.connect(autocommit=True) as application:
+        before = drops.protected_state(conn, coaching)
+        # A user logs in and writes in their journal while the rollback runs.
+        application.execute("UPDATE auth.users SET last_sign_in_at = now() "
+                            "WHERE id = (SELECT id FROM auth.users ORDER BY id LIMIT 1)")
+        application.execute("INSERT INTO public.journal_entries (user_id, title) "
+                            "SELECT id, 'written during the rollback' FROM public.profiles LIMIT 1")
+        checks = drops.protected_tables_untouched(conn, before)
+        assert checks and all(c.passed for c in checks), checks
+        # The same writes made by the rollback's own transaction are caught.
+        conn.execute("INSERT INTO public.journal_entries (user_id, title) "
+                     "SELECT id, 'written by the rollback' FROM public.profiles LIMIT 1")
+        failed = [c for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+        assert [c.observed for c in failed] == ["1 inserted, 0 updated, 0 deleted"]
+        conn.rollback()
+
+
+def test_a_change_undone_by_a_savepoint_still_counts_as_a_change(demo_db, coaching):
+    with demo_db.connect() as conn:
+        before = drops.protected_state(conn, coaching)
+        with conn.transaction():
+            conn.execute("DELETE FROM public.virtues WHERE id = (SELECT max(id) FROM "
+                         "public.virtues) AND NOT EXISTS (SELECT 1 FROM public.journal_entries "
+                         "j WHERE j.virtue_id = public.virtues.id)")
+            conn.execute("UPDATE auth.users SET email = email WHERE false")
+        failed = [c.name for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+        conn.rollback()
+    # Erring on the side of refusing: the proof counts what the transaction did, not what it
+    # kept. (The DELETE may find no deletable virtue; then nothing failed.)
+    assert all("public.virtues" in name for name in failed)
+
+
+def test_with_track_counts_off_the_rows_are_compared_in_full(demo_db, coaching, exported):
+    with demo_db.connect() as conn:
+        conn.execute("SET track_counts = off")
+        conn.commit()
+        result = drops.perform_drop(conn, coaching, exported)
+    assert result.committed and not _tables_present(demo_db)
+    assert any("compared row by row" in c.name and c.passed for c in result.checks)
+    with demo_db.connect() as conn:
+        conn.execute("SET track_counts = off")
+        before = drops.protected_state(conn, coaching, with_checksums=True)
+        conn.execute("UPDATE public.profiles SET full_name = 'x' "
+                     "WHERE id = (SELECT id FROM public.profiles ORDER BY id LIMIT 1)")
+        failed = [c.name for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+        conn.rollback()
+    assert failed == ["public.profiles rows and checksum unchanged (track_counts is off: "
+                      "compared row by row)"]
+
+
+def test_a_named_foreign_key_of_a_protected_table_goes_and_the_proof_expects_it(
+        demo_db, coaching, tmp_path):
+    with demo_db.connect() as conn:
+        conn.execute("ALTER TABLE public.virtues ADD COLUMN coach_connection bigint "
+                     "REFERENCES public.sponsor_connections (id)")
+        conn.commit()
+    run = begin_run("20_rollback_coaching_tables")
+    folder = tmp_path / "export"
+    drops.export_migration_data(run, coaching, folder, show_progress=False, archive=False)
+    label = "table constraint virtues_coach_connection_fkey on public.virtues"
+    with pytest.raises(DependentObjectsExist, match="virtues_coach_connection_fkey"):
+        with demo_db.connect() as conn:
+            drops.perform_drop(conn, coaching, folder)
+    with demo_db.connect() as conn:
+        result = drops.perform_drop(conn, coaching, folder, [label])
+    assert result.committed and all(c.passed for c in result.checks)
+    assert demo_db.scalar("SELECT count(*) FROM pg_constraint "
+                          "WHERE conname = 'virtues_coach_connection_fkey'") == 0
