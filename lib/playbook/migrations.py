@@ -35,7 +35,14 @@ class Migration:
     protected_tables: list[QualifiedName] = field(default_factory=list)
 
     def deploy_sql(self) -> str:
-        return self.deploy.read_text(encoding="utf-8")
+        try:
+            return self.deploy.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                f"The deploy script {self.deploy} cannot be read as UTF-8 SQL "
+                f"({type(exc).__name__}: {exc}). Nothing was changed.",
+                next_step="point `migration` at the change set's own folder or .sql file.",
+            ) from None
 
     def table(self) -> pd.DataFrame:
         rows = [

@@ -32,6 +32,8 @@ def split_identifier(text: str) -> list[str]:
             f"Expected an object name, got {text!r}. Nothing was changed.",
             next_step="pass a name like public.sponsor_connections.",
         )
+    if "\x00" in text:  # PostgreSQL names cannot hold NUL; psycopg would refuse it raw
+        raise _bad_name(text, "a NUL character")
     parts: list[str] = []
     i, text = 0, text.strip()
     while i < len(text):

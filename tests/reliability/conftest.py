@@ -46,3 +46,66 @@ def coaching_tables_present(db) -> set[str]:
         return {r[0] for r in conn.execute(
             "SELECT schemaname || '.' || tablename FROM pg_tables "
             "WHERE tablename LIKE 'sponsor_%'")}
+
+
+class _Forwarder:
+    """A TCP forwarder on 127.0.0.1:6543 to the local server: the port Supabase's
+    transaction-mode pooler listens on, in front of a real PostgreSQL."""
+
+    def __init__(self, target_port: int, port: int = 6543) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.server.settimeout(0.2)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while self.running:
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.running = False
+        self.server.close()
+        self.thread.join(2)
+
+
+@pytest.fixture
+def pooler_url(demo_db):
+    """The demo database reached through port 6543 (a forwarder to the real server)."""
+    from psycopg import conninfo
+
+    params = conninfo.conninfo_to_dict(demo_db.url)
+    forwarder = _Forwarder(int(params["port"]))
+    try:
+        yield conninfo.make_conninfo(demo_db.url, port="6543")
+    finally:
+        forwarder.close()
