@@ -14,6 +14,13 @@ and, in the next cell::
 and lists every item left open as a follow-up. A checklist is a record, not a gate: an
 open item never stops a run (the gates do that).
 
+Items the playbook verifiably did itself in this run (an export checked against its
+manifest, a backup test-restored, the rollback committed after its checks passed) are
+ticked by the playbook, with the time and the evidence (:func:`for_run`,
+:meth:`Checklist.tick_done_by_playbook`); the table's ``by`` column says who ticked what.
+Steps done on another system (the Supabase dashboard restore) use the same class, and
+:meth:`Checklist.require_done` stops a step that needs them all done.
+
 ``answers`` is the notebook's ``checklist_answers`` parameter: item ids mapped to
 yes/no (or true/false), either flat (``{"backup_verified": "yes"}``, ids are unique
 across all checklists) or per checklist (``{"before_rollback": {"backup_verified":
@@ -25,13 +32,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PreconditionFailed
 from .gates import YES, normalise_answer
 
 RECORD_KEY = "playbook_checklist"
+OPERATOR, PLAYBOOK = "operator", "playbook"
 
 # name -> (title, {item id: the document's words}); ids are unique across checklists.
 CHECKLISTS: dict[str, tuple[str, dict[str, str]]] = {
@@ -87,7 +96,36 @@ CHECKLISTS: dict[str, tuple[str, dict[str, str]]] = {
         "testing_improved": "Improve testing",
         "recurrence_prevented": "Prevent recurrence",
     }),
+    "recovery": ("Rollback Script 2: Recovery", {
+        "migration_reapplied": "Re-apply migration",
+        "data_restored_from_export": "Restore data from backup (if you exported it)",
+        "sequences_fixed": "Fix sequences",
+    }),
+    "supabase_dashboard_restore": ("Full restore: restore from backup in the Supabase Dashboard", {
+        "dashboard_backups_opened": "Log into the Supabase Dashboard: Project -> Database -> "
+                                    "Backups",
+        "dashboard_backup_chosen": "Find the backup from BEFORE the migration; note its timestamp",
+        "dashboard_restore_clicked": "Click \"Restore\" on that backup",
+        "dashboard_restore_confirmed": "Confirm the restoration",
+        "dashboard_restore_completed": "Wait until the dashboard says the restore completed",
+    }),
+    "restart_application": ("Full restore: restart application", {
+        "env_points_at_restored_database": "Ensure .env.production's DATABASE_URL points at "
+                                           "the restored database",
+        "application_restart_commands_run": "Restart the application (deployment-specific "
+                                            "commands)",
+        "login_tested": "Test: login",
+        "virtues_viewed": "Test: view virtues",
+        "journal_entry_created": "Test: create a journal entry",
+        "logs_checked_for_errors": "Check for errors (the application's logs)",
+    }),
 }
+
+# The document's closing lists, shown and recorded together at the end of a notebook.
+CLOSING = ("after_rollback", "post_rollback_immediately", "post_rollback_24_hours",
+           "post_rollback_week")
+# Lists of things a change does: the playbook ticks them only for an executed change.
+DONE_ONLY_WHEN_EXECUTING = ("during_rollback", "recovery")
 
 
 def _item_owner() -> dict[str, str]:
@@ -136,18 +174,22 @@ def answers_for(name: str, answers: Mapping[str, object] | None) -> dict[str, bo
 
 @dataclass
 class Checklist:
-    """One of the document's checklists, ticked in widgets or pre-filled by parameters."""
+    """One of the document's checklists, ticked in widgets, pre-filled by parameters, or
+    ticked by the playbook for what it did itself (with the evidence)."""
 
     name: str
     answers: Mapping[str, object] | None = None
     done: dict[str, bool] = field(init=False)
     ticked_at: dict[str, datetime] = field(init=False, default_factory=dict)
+    ticked_by: dict[str, str] = field(init=False, default_factory=dict)
+    evidence: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         prefilled = answers_for(self.name, self.answers)
         now = datetime.now(UTC)
         self.done = {item: prefilled.get(item, False) for item in self.items}
         self.ticked_at = {item: now for item, done in self.done.items() if done}
+        self.ticked_by = {item: OPERATOR for item, done in self.done.items() if done}
         self._widgets: dict = {}
 
     @property
@@ -158,18 +200,43 @@ class Checklist:
     def items(self) -> dict[str, str]:
         return CHECKLISTS[self.name][1]
 
-    def tick(self, item: str, done: bool = True) -> None:
-        """Mark an item done (or open again), remembering when."""
+    def _require_item(self, item: str) -> None:
         if item not in self.items:
             raise ConfigurationError(
                 f"Checklist {self.name!r} has no item {item!r}.",
                 next_step=f"its items are {', '.join(self.items)}.",
             )
+
+    def tick(self, item: str, done: bool = True, *, by: str = OPERATOR,
+             evidence: str = "") -> None:
+        """Mark an item done (or open again), remembering when and by whom."""
+        self._require_item(item)
         self.done[item] = bool(done)
         if done:
             self.ticked_at[item] = datetime.now(UTC)
+            self.ticked_by[item] = by
+            self.evidence[item] = evidence
         else:
-            self.ticked_at.pop(item, None)
+            for kept in (self.ticked_at, self.ticked_by, self.evidence):
+                kept.pop(item, None)
+        box = self._widgets.get(item)
+        if box is not None and box.value != self.done[item]:
+            box.value = self.done[item]  # its observer sees no change and keeps ``by``
+
+    def tick_done_by_playbook(self, item: str, evidence: str) -> None:
+        """Tick an item this run verifiably did, with the evidence (shown and recorded)."""
+        self.tick(item, True, by=PLAYBOOK, evidence=evidence)
+
+    def require_done(self) -> pd.DataFrame:
+        """The table if every item is done; PreconditionFailed naming the open ones."""
+        missing = [self.items[item] for item in self.open_items()]
+        if missing:
+            raise PreconditionFailed(
+                f"{self.title}: not done yet: {'; '.join(missing)}. Nothing was verified or "
+                "changed by this step.",
+                next_step="do those steps, tick them (or answer them yes in "
+                "checklist_answers), then run this cell again.")
+        return self.table()
 
     # -- JupyterLab ---------------------------------------------------------------
 
@@ -179,13 +246,21 @@ class Checklist:
 
         rows = [widgets.HTML(f"<b>{self.title}</b>")]
         for item, text in self.items.items():
-            box = widgets.Checkbox(value=self.done[item], description=text, indent=False,
+            shown = text
+            if self.ticked_by.get(item) == PLAYBOOK:
+                shown += f" (done by the playbook: {self.evidence[item]})"
+            box = widgets.Checkbox(value=self.done[item], description=shown, indent=False,
                                    layout=widgets.Layout(width="auto"))
             box.add_class(f"checklist-{item}")
-            box.observe(lambda change, item=item: self.tick(item, change["new"]), names="value")
+            box.observe(lambda change, item=item: self._ticked_in_widget(item, change["new"]),
+                        names="value")
             self._widgets[item] = box
             rows.append(box)
         return widgets.VBox(rows)
+
+    def _ticked_in_widget(self, item: str, value: bool) -> None:
+        if value != self.done[item]:
+            self.tick(item, value)
 
     def show(self) -> None:
         """Display the checkboxes (in a notebook); returns None so they render once."""
@@ -197,37 +272,166 @@ class Checklist:
 
     def rows(self) -> list[dict[str, object]]:
         for item, box in self._widgets.items():
-            if box.value != self.done[item]:  # a change the observer has not seen
-                self.tick(item, box.value)
+            self._ticked_in_widget(item, box.value)  # a change the observer has not seen
         return [
             {
                 "item": item,
                 "text": text,
                 "done": self.done[item],
+                "by": self.ticked_by.get(item, "") if self.done[item] else "",
                 "time": (self.ticked_at[item].strftime("%Y-%m-%d %H:%M:%S UTC")
                          if self.done[item] else ""),
+                "evidence": self.evidence.get(item, "") if self.done[item] else "",
             }
             for item, text in self.items.items()
         ]
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows(), columns=["item", "text", "done", "time"])
+        return pd.DataFrame(self.rows(),
+                            columns=["item", "text", "done", "by", "time", "evidence"])
 
     def open_items(self) -> list[str]:
+        self.rows()
         return [item for item, done in self.done.items() if not done]
+
+    def summary(self) -> str:
+        opened = self.open_items()
+        return (f"{self.title}: {len(self.items) - len(opened)}/{len(self.items)} done"
+                + (f"; open: {', '.join(opened)}" if opened else ""))
 
     def record(self) -> pd.DataFrame:
         """Leave the checklist in the notebook's outputs (for the timeline) and return it
-        as a table of item / done / time."""
+        as a table of item / done / by / time / evidence."""
         from IPython.display import display
 
         payload = {"name": self.name, "title": self.title, "items": self.rows(),
                    "recorded_at": datetime.now(UTC).isoformat()}
-        opened = self.open_items()
-        summary = (f"{self.title}: {len(self.items) - len(opened)}/{len(self.items)} done"
-                   + (f"; open: {', '.join(opened)}" if opened else ""))
-        display({"application/json": {RECORD_KEY: payload}, "text/plain": summary}, raw=True)
+        display({"application/json": {RECORD_KEY: payload}, "text/plain": self.summary()},
+                raw=True)
         return self.table()
+
+
+def for_run(name: str, run, answers: Mapping[str, object] | None = None,
+            **done_by_playbook: object) -> Checklist:
+    """Checklist ``name`` with the items this run did ticked by the playbook. Each keyword
+    is an item id and its value what shows the item was done: a check table or a result
+    with checks (all must pass), a test restore, a backup, an export folder or manifest
+    (its files are checked against it), the run itself (its record documents the results).
+    What does not show success stays the operator's to tick. The lists of a change
+    (``during_rollback``, ``recovery``) are only ticked when the run executed it."""
+    checklist = Checklist(name, answers=answers)
+    for item in done_by_playbook:
+        checklist._require_item(item)
+    if name in DONE_ONLY_WHEN_EXECUTING and not run.executing:
+        return checklist
+    for item, outcome in done_by_playbook.items():
+        done, evidence = performed(outcome)
+        if done:
+            checklist.tick_done_by_playbook(item, evidence)
+    return checklist
+
+
+def performed(outcome: object) -> tuple[bool, str]:
+    """Whether ``outcome`` (a result of a playbook step) shows its step done, and the
+    evidence in a line."""
+    from .runs import Run
+
+    if outcome is None:
+        return False, ""
+    if isinstance(outcome, str):  # the evidence itself
+        return bool(outcome), outcome
+    if isinstance(outcome, Run):
+        return True, (f"this executed notebook ({outcome.notebook}, started "
+                      f"{outcome.started_at:%Y-%m-%d %H:%M:%S} UTC) is the record")
+    if isinstance(outcome, pd.DataFrame):
+        if "result" not in outcome.columns:
+            return False, ""
+        return _checks_passed(list(outcome["result"] == "PASS"))
+    if getattr(outcome, "executed", True) is False or getattr(outcome, "committed", True) is False:
+        return False, ""
+    if hasattr(outcome, "passed") and callable(getattr(outcome, "evidence", None)):
+        return bool(outcome.passed), outcome.evidence()  # a test restore
+    if isinstance(outcome, Path) or hasattr(outcome, "files") or hasattr(outcome, "folder"):
+        return _export_sound(outcome)
+    if hasattr(outcome, "usable") and hasattr(outcome, "path"):  # a backup, read to its end
+        if not outcome.usable:
+            return False, ""
+        return True, f"{outcome.path.name}, taken {outcome.taken_at:%Y-%m-%d %H:%M:%S} UTC, read"
+    if hasattr(outcome, "scratch") and hasattr(outcome, "counts"):  # restored into scratch
+        return True, (f"{outcome.backup.path.name} restored into scratch "
+                      f"({outcome.scratch.describe()}): {len(outcome.counts)} tables, "
+                      f"{sum(outcome.counts.values()):,} rows")
+    checks = getattr(outcome, "checks", None)
+    if checks is not None:
+        done, evidence = _checks_passed([c.passed for c in checks])
+        summary = getattr(outcome, "summary", "")
+        return done, f"{summary}; {evidence}" if isinstance(summary, str) and summary else evidence
+    if getattr(outcome, "executed", False):
+        return True, "executed"
+    return False, ""
+
+
+def _checks_passed(results: list[bool]) -> tuple[bool, str]:
+    if not results:
+        return False, ""
+    passed = sum(bool(r) for r in results)
+    return passed == len(results), f"{passed}/{len(results)} checks passed"
+
+
+def _export_sound(outcome: object) -> tuple[bool, str]:
+    """An export folder (or a manifest/report naming one) whose files match its manifest."""
+    from .errors import ExportMismatch
+    from .exports import read_manifest, verify_files
+
+    if isinstance(outcome, Path):
+        folder = outcome
+    elif hasattr(outcome, "folder"):
+        folder = outcome.folder
+    else:
+        folder = outcome.extra.get("folder")
+    if not folder or not (Path(folder) / "manifest.json").is_file():
+        return False, ""
+    try:
+        manifest = read_manifest(Path(folder))
+    except ExportMismatch:
+        return False, ""
+    if verify_files(Path(folder), manifest):
+        return False, ""
+    rows = sum(f.rows for f in manifest.files)
+    return True, (f"{rows:,} rows in {len(manifest.files)} files in {Path(folder).name}/, "
+                  "each matching its SHA-256 in manifest.json")
+
+
+@dataclass
+class ChecklistGroup:
+    """Several checklists shown and recorded together (the closing lists of a notebook)."""
+
+    checklists: list[Checklist]
+
+    def show(self) -> None:
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        display(widgets.VBox([c.widget() for c in self.checklists]))
+
+    def record(self) -> pd.DataFrame:
+        """Record each checklist (one output each, for the timeline); one table of all."""
+        from IPython.display import display
+
+        for checklist in self.checklists:
+            payload = {"name": checklist.name, "title": checklist.title,
+                       "items": checklist.rows(), "recorded_at": datetime.now(UTC).isoformat()}
+            display({"application/json": {RECORD_KEY: payload},
+                     "text/plain": checklist.summary()}, raw=True)
+        return pd.concat([c.table().assign(checklist=c.name) for c in self.checklists],
+                         ignore_index=True)[["checklist", "item", "text", "done", "by", "time",
+                                             "evidence"]]
+
+
+def closing_checklists(answers: Mapping[str, object] | None = None) -> ChecklistGroup:
+    """The document's After Rollback list and its Post-Rollback Actions (immediately,
+    within 24 hours, within a week): what is still to do once the change is made."""
+    return ChecklistGroup([Checklist(name, answers=answers) for name in CLOSING])
 
 
 def checklists_in(notebook) -> list[dict]:

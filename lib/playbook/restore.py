@@ -713,19 +713,21 @@ def plan_for_run(run, backup: Backup, *, strategy: str, jobs: int, block_connect
 
 def restore_for_run(run, plan: RestorePlan, checklist=None) -> RestoreResult:
     """Step 3: pg_restore (self-hosted) when executing; on the Supabase platform, the
-    dashboard checklist must be complete before verification runs."""
+    dashboard checklist is recorded and must be complete before verification runs."""
     if plan.platform == "supabase":
+        checklist.record()
         if run.executing:
             checklist.require_done()
         return RestoreResult(plan, executed=False)
     return restore_database(plan, execute=run.executing)
 
 
-def dashboard_checklist(platform: str):
-    """The Supabase dashboard steps as ticked widgets (shown only for that platform)."""
-    from .supabase_checklist import dashboard_restore_checklist
+def dashboard_checklist(platform: str, checklist_answers=None):
+    """The Supabase dashboard steps as ticked widgets (shown only for that platform),
+    pre-filled from ``checklist_answers``."""
+    from .checklists import Checklist
 
-    checklist = dashboard_restore_checklist()
+    checklist = Checklist("supabase_dashboard_restore", answers=checklist_answers)
     if platform == "supabase":
         checklist.show()
     else:
