@@ -90,3 +90,12 @@ def test_execute_needs_the_connected_database_named():
     for wrong in ("", "staging", "PROD", "prod "):
         with pytest.raises(WrongDatabase, match="connected to database 'prod'"):
             confirm_target("prod", "execute", wrong)
+
+
+def test_showing_a_gate_again_closes_the_widgets_of_the_previous_showing():
+    first = Gate("stop", QUESTIONS, {"recent_backup": "no"})
+    first.show()
+    old_toggle = first._widgets["recent_backup"]
+    assert old_toggle.comm is not None
+    Gate("stop", QUESTIONS, {"recent_backup": "yes"}).show()  # the cell is run again
+    assert old_toggle.comm is None, "stale answers must not stay in the saved widget state"

@@ -67,6 +67,30 @@ def normalise_answer(question_id: str, value: object) -> str | None:
     )
 
 
+_SHOWN: dict[str, object] = {}
+
+
+def display_replacing(key: str, box) -> None:
+    """Display ``box`` and close the widgets shown earlier under ``key`` in this kernel.
+
+    Re-running a cell makes new widgets; closing the old ones keeps their stale answers
+    out of the notebook's saved widget state, so the record holds only what the operator
+    answered last."""
+    from IPython.display import display
+
+    previous = _SHOWN.pop(key, None)
+    if previous is not None:
+        _close_tree(previous)
+    _SHOWN[key] = box
+    display(box)
+
+
+def _close_tree(box) -> None:
+    for child in getattr(box, "children", ()):
+        _close_tree(child)
+    box.close()
+
+
 @dataclass
 class Verification:
     """A prerequisite the playbook checked itself."""
@@ -133,9 +157,7 @@ class Gate:
     def show(self) -> None:
         """Display the gate's widgets (in a notebook). Returns None so that a cell ending
         in ``gate.show()`` renders the questions once, not twice."""
-        from IPython.display import display
-
-        display(self.widget())
+        display_replacing(f"gate:{self.name}", self.widget())
 
     # -- the decision -------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import yaml
 from psycopg import sql
 
 from .errors import ConfigurationError, ObjectNotFound
-from .gates import NO, YES, normalise_answer
+from .gates import NO, YES, display_replacing, normalise_answer
 from .migration_objects import migration_objects
 from .migrations import MIGRATIONS_DIR, load_migration
 from .names import QualifiedName, parse_table_name, table_exists
@@ -330,7 +330,6 @@ class TriageQuestions:
 
     def show(self) -> None:
         import ipywidgets as widgets
-        from IPython.display import display
 
         rows = [widgets.HTML("<b>Rollback decision tree</b>: answer from what you see in "
                              "production; the database's evidence is shown beside.")]
@@ -343,7 +342,7 @@ class TriageQuestions:
             rows.append(widgets.VBox([
                 widgets.HTML(f"{text} <code>{qid}</code> (NO: {NO_MEANS[qid]})"), toggle,
                 *([widgets.HTML(f"&#x1F50E; {hint}")] if hint else [])]))
-        display(widgets.VBox(rows))
+        display_replacing("triage", widgets.VBox(rows))
 
     def current(self) -> dict[str, str | None]:
         if self._widgets:
