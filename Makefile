@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test browser-deps lab bench soak lint clean db-start db-stop
+.PHONY: install demo test browser-deps pg15-deps lab bench soak lint clean db-start db-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/playbook demo run
 
 ## The whole test suite (against real local PostgreSQL 16 and 15 that the suite starts).
-test: install browser-deps
+test: install browser-deps pg15-deps
 	$(BIN)/python -m pytest
 
 ## Debian's chromium (when root with apt-get) and the playwright package, for tests/browser/.
@@ -34,6 +34,15 @@ browser-deps: install
 	@[ -x /usr/bin/chromium ] || echo "browser-deps: /usr/bin/chromium is missing and cannot be \
 	installed here (needs root and apt-get): run 'sudo apt-get install chromium'. The browser \
 	tests fail until then (PLAYBOOK_SKIP_BROWSER=1 skips them knowingly)."
+
+## Debian's PostgreSQL 15 (what Supabase runs): the suite runs its both_versions tests on it.
+pg15-deps:
+	@if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "pg15-deps: installing Debian's postgresql-15 for the PostgreSQL 15 tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-15 >/dev/null; \
+	fi
 
 lab: install
 	$(BIN)/playbook lab
