@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from playbook import drops
@@ -373,3 +374,94 @@ def test_a_named_foreign_key_of_a_protected_table_goes_and_the_proof_expects_it(
     assert result.committed and all(c.passed for c in result.checks)
     assert demo_db.scalar("SELECT count(*) FROM pg_constraint "
                           "WHERE conname = 'virtues_coach_connection_fkey'") == 0
+
+
+# --- the export on several sessions sharing one snapshot --------------------------------
+
+def _coaching_tables():
+    from playbook.names import QualifiedName
+
+    return [QualifiedName("public", n) for n in
+            ("sponsor_connections", "sponsor_visible_memos", "sponsor_chat_messages")]
+
+
+def test_an_export_on_two_sessions_writes_the_files_one_session_writes(demo_db, tmp_path):
+    from playbook.exports import export_tables, require_sound_export
+
+    with demo_db.connect() as conn:
+        one = export_tables(conn, _coaching_tables(), tmp_path / "one", purpose="t",
+                            show_progress=False, jobs=1)
+        two = export_tables(conn, _coaching_tables(), tmp_path / "two", purpose="t",
+                            show_progress=True, jobs=2)
+        assert not conn.info.transaction_status  # idle: the export's transaction ended
+    assert [f.table for f in two.files] == [str(t) for t in _coaching_tables()]
+    assert [(f.rows, f.bytes, f.sha256) for f in two.files] == \
+        [(f.rows, f.bytes, f.sha256) for f in one.files]
+    assert require_sound_export(tmp_path / "two").files == two.files
+
+
+def test_export_sessions_share_one_snapshot_so_rows_committed_meanwhile_are_in_no_file(
+        demo_db):
+    from playbook import exports
+
+    with demo_db.connect() as conn, demo_db.connect(autocommit=True) as application:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute("SELECT set_config('TimeZone', 'Pacific/Chatham', false)")
+        before = conn.execute("SELECT count(*) FROM public.sponsor_visible_memos").fetchone()[0]
+        helpers = exports._snapshot_sessions(conn, 2)
+        try:
+            assert len(helpers) == 2
+            application.execute(
+                "INSERT INTO public.sponsor_visible_memos (connection_id, practitioner_user_id, "
+                "memo) SELECT id, practitioner_user_id, 'written during the export' "
+                "FROM public.sponsor_connections LIMIT 1")
+            for helper in helpers:
+                seen = helper.execute(
+                    "SELECT count(*), current_setting('TimeZone'), "
+                    "current_setting('transaction_isolation') "
+                    "FROM public.sponsor_visible_memos").fetchone()
+                assert seen == (before, "Pacific/Chatham", "repeatable read")
+        finally:
+            for helper in helpers:
+                helper.close()
+        conn.rollback()
+
+
+def test_an_export_falls_back_to_one_session_when_no_connection_slot_is_left(
+        demo_db, tmp_path):
+    from playbook.exports import export_tables
+
+    with demo_db.connect(autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS export_single")
+        admin.execute("CREATE ROLE export_single LOGIN BYPASSRLS PASSWORD 'only-one' "
+                      "CONNECTION LIMIT 1")
+        admin.execute("GRANT USAGE ON SCHEMA public TO export_single")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO export_single")
+    try:
+        with demo_db.connect(user="export_single", password="only-one") as conn:
+            manifest = export_tables(conn, _coaching_tables(), tmp_path / "x", purpose="t",
+                                     show_progress=False, jobs=3)
+        with demo_db.connect() as conn:
+            reference = export_tables(conn, _coaching_tables(), tmp_path / "ref", purpose="t",
+                                      show_progress=False, jobs=1)
+        assert [f.sha256 for f in manifest.files] == [f.sha256 for f in reference.files]
+        assert all(f.rows for f in manifest.files)
+    finally:
+        with demo_db.connect(autocommit=True) as admin:
+            admin.execute("DROP OWNED BY export_single")
+            admin.execute("DROP ROLE export_single")
+
+
+def test_a_failing_table_stops_a_parallel_export_without_a_manifest(demo_db, tmp_path):
+    from psycopg import errors, sql
+
+    from playbook.exports import export_tables
+
+    tables = _coaching_tables()
+    where = {str(tables[0]): sql.SQL("no_such_column = 1")}
+    with demo_db.connect() as conn:
+        with pytest.raises(errors.UndefinedColumn):
+            export_tables(conn, tables, tmp_path / "x", purpose="t", show_progress=False,
+                          where=where, jobs=2)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session is usable again
+    assert not (tmp_path / "x" / "manifest.json").exists()

@@ -3,6 +3,9 @@
 The procedure document exports with ``\\copy (SELECT * FROM t) TO 'file.csv' CSV HEADER``.
 We do the same through COPY ... TO STDOUT, hashing while writing, inside one
 REPEATABLE READ read-only transaction so every file of an export shows the same moment.
+Several tables are exported side by side on up to :data:`EXPORT_JOBS` sessions that all
+run in that one transaction's snapshot (``pg_export_snapshot()`` / ``SET TRANSACTION
+SNAPSHOT``, as ``pg_dump -j`` does), so the export still shows one moment.
 A manifest (``manifest.json``) lists each file's table, rows, bytes and SHA-256; a step
 that relies on an export (a drop, a re-import) first checks the manifest against the
 files and the live data.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +29,9 @@ from .names import QualifiedName
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+# Sessions an export uses at most (one per table at a time). COPY's text formatting runs
+# in the server, one core per session; more sessions than cores only add contention.
+EXPORT_JOBS = 2
 
 
 @dataclass
@@ -57,33 +64,126 @@ def _progress(total: int | None, description: str, enabled: bool):
                 leave=False)
 
 
+def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
+              stop: threading.Event | None = None) -> tuple[int, int, str]:
+    """Run a COPY ... TO STDOUT into ``path``; returns (rows, bytes, sha256).
+
+    COPY hands over one row per message. psycopg starts the COPY (and reports a bad
+    statement); the rows are then read straight from libpq (``PGconn.get_copy_data``,
+    which waits without holding the GIL) and appended to a ~1 MiB block before each
+    write, hash update and progress update. That costs a third of the client CPU of
+    reading through ``Copy.read()`` and writing row by row, which matters because the
+    client competes with the server for the same cores."""
+    digest = hashlib.sha256()
+    written = 0
+    block = bytearray()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pgconn = conn.pgconn
+    get_copy_data = pgconn.get_copy_data
+    with conn.cursor() as cur, open(path, "wb") as out:
+        with cur.copy(copy):
+            while True:
+                size, row = get_copy_data(0)
+                if size > 0:
+                    block += row  # copied at once, so libpq's row buffer is freed at once
+                    if len(block) < CHUNK:
+                        continue
+                elif size == -2:
+                    raise psycopg.OperationalError(
+                        pgconn.get_error_message(conn.info.encoding))
+                out.write(block)
+                digest.update(block)
+                written += len(block)
+                bar.update(len(block))
+                block.clear()
+                if size == -1:  # the end of the data: the COPY's own result follows
+                    break
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+            result = pgconn.get_result()
+            while pgconn.get_result() is not None:
+                pass
+            if result is None or result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                if result is None:
+                    raise psycopg.OperationalError("the server sent no result for the COPY")
+                raise psycopg.errors.error_from_result(result, conn.info.encoding)
+            rows = result.command_tuples
+    return rows, written, digest.hexdigest()
+
+
+class _Stopped(Exception):
+    """Another session of the same export failed: stop this one too."""
+
+
+class _NoSnapshot(Exception):
+    """The server would not export the transaction's snapshot: export on one session."""
+
+
+def _copy_statement(query: sql.Composable) -> sql.Composed:
+    return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+
+
 def export_query(conn: psycopg.Connection, query: sql.Composable, path: Path,
                  *, show_progress: bool = False, description: str = "") -> tuple[int, int, str]:
     """COPY (query) TO a CSV file with a header; returns (rows, bytes, sha256)."""
-    digest = hashlib.sha256()
-    written = 0
-    copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with conn.cursor() as cur, open(path, "wb") as out, \
-            _progress(None, description or path.name, show_progress) as bar:
-        with cur.copy(copy) as copying:
-            for chunk in copying:
-                data = bytes(chunk)
-                out.write(data)
-                digest.update(data)
-                written += len(data)
-                bar.update(len(data))
-        rows = cur.rowcount
-        out.flush()
-    return rows, written, digest.hexdigest()
+    with _progress(None, description or path.name, show_progress) as bar:
+        return _copy_out(conn, _copy_statement(query), path, bar)
+
+
+def _session_settings_to_copy(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Settings this session changed (SET, set_config): a helper session of the export
+    needs the same ones (time zone and date style decide the CSV's bytes)."""
+    return conn.execute(
+        "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' "
+        "AND name NOT IN ('transaction_isolation', 'transaction_read_only', "
+        "'transaction_deferrable', 'session_authorization')").fetchall()
+
+
+def _snapshot_sessions(conn: psycopg.Connection, count: int) -> list[psycopg.Connection]:
+    """Up to ``count`` more sessions to the same database, each in a REPEATABLE READ
+    read-only transaction on the snapshot of ``conn``'s current transaction. Returns
+    fewer (possibly none) when the server or the connection cannot offer them (no
+    connection slots left, a standby that cannot export snapshots...): the export then
+    runs on fewer sessions, never on a different snapshot. Raises _NoSnapshot, which
+    leaves ``conn``'s transaction aborted, when the snapshot cannot be exported."""
+    if count <= 0:
+        return []
+    try:  # (not in a savepoint: PostgreSQL exports no snapshot from a subtransaction)
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    except psycopg.Error:
+        raise _NoSnapshot() from None
+    settings = _session_settings_to_copy(conn)
+    # The parameters libpq used for this session (password included) stay in memory.
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info
+              if o.val is not None}
+    sessions: list[psycopg.Connection] = []
+    for _ in range(count):
+        try:
+            helper = psycopg.connect(**params, autocommit=True)
+        except psycopg.Error:
+            break
+        try:
+            for name, value in settings:
+                helper.execute("SELECT set_config(%s, %s, false)", (name, value))
+            helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        except psycopg.Error:
+            helper.close()
+            break
+        sessions.append(helper)  # the ones that made it are all on the shared snapshot
+    return sessions
 
 
 def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], folder: Path,
                   *, purpose: str, show_progress: bool = True,
                   where: dict[str, sql.Composable] | None = None,
-                  extra: dict | None = None) -> Manifest:
+                  extra: dict | None = None, jobs: int = EXPORT_JOBS) -> Manifest:
     """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
-    consistent snapshot and write the manifest. The session must not be in a transaction."""
+    consistent snapshot and write the manifest. The session must not be in a transaction.
+
+    With several tables, up to ``jobs`` sessions export side by side, largest table
+    first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
+    in the order of ``tables`` whatever order they were written in."""
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -91,29 +191,90 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
         purpose=purpose,
         extra=dict(extra or {}),
     )
+    work = []
+    for index, table in enumerate(tables):
+        query = sql.SQL("SELECT * FROM {}").format(table.identifier)
+        condition = (where or {}).get(str(table))
+        if condition is not None:
+            query += sql.SQL(" WHERE ") + condition
+        work.append((index, table, _copy_statement(query), f"{table.schema}.{table.name}.csv"))
+    # Inside a caller's transaction ours is a savepoint, whose snapshot cannot be shared.
+    extra_sessions = (min(jobs, len(work)) - 1
+                      if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                      else 0)
     previous = (conn.isolation_level, conn.read_only)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     try:
-        with conn.transaction():
-            manifest.extra.setdefault("session", session_settings(conn))
-            for table in tables:
-                query = sql.SQL("SELECT * FROM {}").format(table.identifier)
-                condition = (where or {}).get(str(table))
-                if condition is not None:
-                    query += sql.SQL(" WHERE ") + condition
-                file = f"{table.schema}.{table.name}.csv"
-                rows, size, digest = export_query(
-                    conn, query, folder / file, show_progress=show_progress,
-                    description=str(table),
-                )
-                manifest.files.append(
-                    ExportedFile(str(table), table.schema, table.name, file, rows, size, digest)
-                )
+        while True:
+            try:
+                with conn.transaction():
+                    manifest.extra.setdefault("session", session_settings(conn))
+                    helpers = _snapshot_sessions(conn, extra_sessions)
+                    try:
+                        results = _run_exports(conn, helpers, work, folder, show_progress)
+                    finally:
+                        for helper in helpers:
+                            helper.close()
+            except _NoSnapshot:
+                extra_sessions = 0  # that transaction was rolled back: again, on one session
+                continue
+            break
     finally:
         conn.isolation_level, conn.read_only = previous
+    for index, table, _copy, file in work:
+        rows, size, digest = results[index]
+        manifest.files.append(
+            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
     write_manifest(folder, manifest)
     return manifest
+
+
+def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], work: list,
+                 folder: Path, show_progress: bool) -> dict[int, tuple[int, int, str]]:
+    """Each (index, table, COPY, file) of ``work`` exported on whichever session is free,
+    the largest table first; the first failure stops the others and is raised."""
+    bars = {index: _progress(None, str(table), show_progress) for index, table, _c, _f in work}
+    results: dict[int, tuple[int, int, str]] = {}
+    try:
+        if not helpers:
+            for index, _table, copy, file in work:
+                results[index] = _copy_out(conn, copy, folder / file, bars[index])
+            return results
+        sizes = dict(conn.execute(
+            "SELECT t.i, pg_relation_size(t.name::regclass) FROM unnest(%s::int[], %s::text[]) "
+            "AS t(i, name)", ([w[0] for w in work],
+                              [w[1].identifier.as_string(conn) for w in work])).fetchall())
+        queue = sorted(work, key=lambda w: -sizes.get(w[0], 0))
+        lock, stop, failures = threading.Lock(), threading.Event(), []
+
+        def export_on(session: psycopg.Connection) -> None:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    index, _table, copy, file = queue.pop(0)
+                try:
+                    results[index] = _copy_out(session, copy, folder / file, bars[index], stop)
+                except _Stopped:
+                    return
+                except BaseException as exc:  # noqa: BLE001 - raised again below
+                    failures.append(exc)
+                    stop.set()
+                    return
+
+        threads = [threading.Thread(target=export_on, args=(session,), daemon=True)
+                   for session in (conn, *helpers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return results
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
