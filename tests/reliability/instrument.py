@@ -36,6 +36,7 @@ class Tripwire:
     occurrence: int = 1
     action: Callable[[psycopg.Connection], None] | None = None
     after: bool = False
+    at_commit: bool = False  # fire when the transaction sends COMMIT instead
     seen: list[str] = field(default_factory=list)
     fired_at: str = ""
     _count: int = 0
@@ -78,6 +79,19 @@ def tripwire_cursor(tripwire: Tripwire) -> type[psycopg.Cursor]:
 
 def instrument(conn: psycopg.Connection, tripwire: Tripwire) -> psycopg.Connection:
     conn.cursor_factory = tripwire_cursor(tripwire)
+    if tripwire.at_commit:
+        # COMMIT of a `with conn.transaction()` block goes through this (private) method;
+        # wrapping it on the instance is the only way to act between the last statement
+        # and COMMIT whatever the last statement is.
+        original = conn._exec_command
+
+        def exec_command(command, *args, **kwargs):
+            if command == b"COMMIT" and not tripwire.fired_at and tripwire.action:
+                tripwire.fired_at = "COMMIT"
+                tripwire.action(conn)
+            return original(command, *args, **kwargs)
+
+        conn._exec_command = exec_command  # type: ignore[method-assign]
     return conn
 
 
