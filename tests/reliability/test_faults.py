@@ -266,7 +266,7 @@ def test_an_export_folder_removed_mid_export_is_caught_before_the_drop(
     before = demo_db.fingerprint()
     FAULTS.append("export folder removed mid-export")
     folder = tmp_path / "exports"
-    tripwire = Tripwire(r"^COPY \(SELECT \* FROM", 2,
+    tripwire = Tripwire(r"^COPY \(SELECT \* FROM", 1,
                         lambda _conn: shutil.rmtree(folder))
     run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
     run.answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
