@@ -356,7 +356,8 @@ def performed(outcome: object) -> tuple[bool, str]:
     if hasattr(outcome, "usable") and hasattr(outcome, "path"):  # a backup, read to its end
         if not outcome.usable:
             return False, ""
-        return True, f"{outcome.path.name}, taken {outcome.taken_at:%Y-%m-%d %H:%M:%S} UTC, read"
+        return True, (f"{outcome.path.name}, taken {outcome.taken_at:%Y-%m-%d %H:%M:%S} UTC, "
+                      "read to its end")
     if hasattr(outcome, "scratch") and hasattr(outcome, "counts"):  # restored into scratch
         return True, (f"{outcome.backup.path.name} restored into scratch "
                       f"({outcome.scratch.describe()}): {len(outcome.counts)} tables, "
@@ -366,8 +367,9 @@ def performed(outcome: object) -> tuple[bool, str]:
         done, evidence = _checks_passed([c.passed for c in checks])
         summary = getattr(outcome, "summary", "")
         return done, f"{summary}; {evidence}" if isinstance(summary, str) and summary else evidence
-    if getattr(outcome, "executed", False):
-        return True, "executed"
+    if getattr(outcome, "executed", False):  # a step result shown as a two-column table
+        shown = outcome.table()
+        return True, "; ".join(f"{k}: {v}" for k, v in shown.iloc[:, -1].items())
     return False, ""
 
 
