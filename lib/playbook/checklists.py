@@ -302,13 +302,17 @@ class Checklist:
     def record(self) -> pd.DataFrame:
         """Leave the checklist in the notebook's outputs (for the timeline) and return it
         as a table of item / done / by / time / evidence."""
+        self.leave_in_record()
+        return self.table()
+
+    def leave_in_record(self) -> None:
+        """Display the checklist as the ``application/json`` output the timeline reads."""
         from IPython.display import display
 
         payload = {"name": self.name, "title": self.title, "items": self.rows(),
                    "recorded_at": datetime.now(UTC).isoformat()}
         display({"application/json": {RECORD_KEY: payload}, "text/plain": self.summary()},
                 raw=True)
-        return self.table()
 
 
 def for_run(name: str, run, answers: Mapping[str, object] | None = None,
@@ -418,13 +422,8 @@ class ChecklistGroup:
 
     def record(self) -> pd.DataFrame:
         """Record each checklist (one output each, for the timeline); one table of all."""
-        from IPython.display import display
-
         for checklist in self.checklists:
-            payload = {"name": checklist.name, "title": checklist.title,
-                       "items": checklist.rows(), "recorded_at": datetime.now(UTC).isoformat()}
-            display({"application/json": {RECORD_KEY: payload},
-                     "text/plain": checklist.summary()}, raw=True)
+            checklist.leave_in_record()
         return pd.concat([c.table().assign(checklist=c.name) for c in self.checklists],
                          ignore_index=True)[["checklist", "item", "text", "done", "by", "time",
                                              "evidence"]]
