@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigurationError, PreconditionFailed
-from .gates import YES, normalise_answer
+from .gates import YES, display_replacing, normalise_answer
 
 RECORD_KEY = "playbook_checklist"
 OPERATOR, PLAYBOOK = "operator", "playbook"
@@ -263,10 +263,9 @@ class Checklist:
             self.tick(item, value)
 
     def show(self) -> None:
-        """Display the checkboxes (in a notebook); returns None so they render once."""
-        from IPython.display import display
-
-        display(self.widget())
+        """Display the checkboxes (in a notebook); returns None so they render once, and
+        closes those of an earlier showing so stale ticks are not saved."""
+        display_replacing(f"checklist:{self.name}", self.widget())
 
     # -- the record ---------------------------------------------------------------
 
@@ -416,9 +415,9 @@ class ChecklistGroup:
 
     def show(self) -> None:
         import ipywidgets as widgets
-        from IPython.display import display
 
-        display(widgets.VBox([c.widget() for c in self.checklists]))
+        display_replacing("checklists:closing",
+                          widgets.VBox([c.widget() for c in self.checklists]))
 
     def record(self) -> pd.DataFrame:
         """Record each checklist (one output each, for the timeline); one table of all."""
