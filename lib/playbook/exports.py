@@ -263,12 +263,24 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                     stop.set()
                     return
 
-        threads = [threading.Thread(target=export_on, args=(session,), daemon=True)
-                   for session in (conn, *helpers)]
+        threads = [threading.Thread(target=export_on, args=(helper,), daemon=True)
+                   for helper in helpers]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            export_on(conn)  # the snapshot's own session works in this thread
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=10)
+                if not stop.is_set() and any(thread.is_alive() for thread in threads):
+                    # The helpers hold the snapshot; the transaction that exported it must
+                    # not end for idle_in_transaction_session_timeout while they work.
+                    conn.execute("SELECT 1")
+        except BaseException:  # an interrupt: stop the helpers before their sessions close
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
         if failures:
             raise failures[0]
         return results
