@@ -57,7 +57,7 @@ from .locks import take_playbook_lock
 from .migration_objects import FoundObject, Inventory, find_in_database
 from .migration_objects import _oid as object_oid
 from .migrations import Migration
-from .names import QualifiedName, table_exists
+from .names import QualifiedName
 from .queries import translated_errors
 from .verification import Check, checks_table
 
@@ -402,31 +402,28 @@ class DropResult:
 
 # --- the protected tables ---------------------------------------------------------------
 
-# The table and its inheritance children / partitions (rows of a partitioned table live
-# in its partitions), each with the file that holds its rows.
-_PROTECTED_RELATIONS = """
+# In one round trip: the table and its inheritance children / partitions (rows of a
+# partitioned table live in its partitions), each with the file holding its rows; its
+# columns; its constraints; and what this transaction (savepoints included, even rolled-back
+# ones) has inserted, updated and deleted in them so far, from this backend's own pending
+# counters. NULL when the table does not exist.
+_PROTECTED_IDENTITY = """
 WITH RECURSIVE members(oid) AS (
-  SELECT %s::regclass::oid
+  SELECT to_regclass(%(table)s)::oid
   UNION SELECT i.inhrelid FROM pg_inherits i JOIN members m ON i.inhparent = m.oid
-)
-SELECT c.oid, c.relfilenode FROM members m JOIN pg_class c ON c.oid = m.oid ORDER BY c.oid
-"""
-
-_PROTECTED_COLUMNS = """
-SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
-WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum
-"""
-
-_PROTECTED_CONSTRAINTS = """
-SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s
-"""
-
-# What this transaction (savepoints included, even rolled-back ones) has done to the rows
-# of these tables so far; the view reads this backend's own pending counters.
-_CHANGED_BY_THIS_TRANSACTION = """
-SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_upd), 0)::bigint,
-       coalesce(sum(n_tup_del), 0)::bigint
-FROM pg_stat_xact_all_tables WHERE relid = ANY(%s)
+), top AS (SELECT to_regclass(%(table)s)::oid AS oid)
+SELECT
+  (SELECT array_agg(ARRAY[c.oid::bigint, c.relfilenode::bigint] ORDER BY c.oid)
+   FROM members m JOIN pg_class c ON c.oid = m.oid),
+  (SELECT array_agg(ARRAY[attname::text, format_type(atttypid, atttypmod), attnotnull::text]
+                    ORDER BY attnum)
+   FROM pg_attribute, top WHERE attrelid = top.oid AND attnum > 0 AND NOT attisdropped),
+  (SELECT array_agg(ARRAY[conname::text, pg_get_constraintdef(pg_constraint.oid)])
+   FROM pg_constraint, top WHERE conrelid = top.oid),
+  (SELECT ARRAY[coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0),
+                coalesce(sum(n_tup_del), 0)]::bigint[]
+   FROM pg_stat_xact_all_tables WHERE relid IN (SELECT oid FROM members))
+FROM top WHERE top.oid IS NOT NULL
 """
 
 
@@ -444,12 +441,15 @@ class ProtectedTable:
 
 
 def _protected_identity(conn: psycopg.Connection, table: QualifiedName):
-    oid_text = table.identifier.as_string(conn)
-    relations = tuple(tuple(r) for r in conn.execute(_PROTECTED_RELATIONS, (oid_text,)))
-    oid = relations[0][0]
-    columns = tuple(tuple(r) for r in conn.execute(_PROTECTED_COLUMNS, (oid,)))
-    constraints = frozenset(tuple(r) for r in conn.execute(_PROTECTED_CONSTRAINTS, (oid,)))
-    return relations, columns, constraints
+    """(relations, columns, constraints, (inserted, updated, deleted)) or None if the
+    table does not exist."""
+    row = conn.execute(_PROTECTED_IDENTITY,
+                       {"table": table.identifier.as_string(conn)}).fetchone()
+    if row is None:
+        return None
+    relations, columns, constraints, changed = row
+    return (tuple(tuple(r) for r in relations), tuple(tuple(c) for c in columns or ()),
+            frozenset(tuple(c) for c in constraints or ()), tuple(changed))
 
 
 def counts_changes(conn: psycopg.Connection) -> bool:
@@ -464,9 +464,10 @@ def protected_state(conn: psycopg.Connection, migration: Migration,
     Catalog look-ups and one count(*) each; full checksums only if asked."""
     state = {}
     for table in migration.protected_tables:
-        if not table_exists(conn, table):
+        identity = _protected_identity(conn, table)
+        if identity is None:
             continue
-        relations, columns, constraints = _protected_identity(conn, table)
+        relations, columns, constraints, _changed = identity
         if with_checksums:
             rows, checksum = table_checksum(conn, table.schema, table.name)
         else:
@@ -511,10 +512,11 @@ def protected_tables_untouched(conn: psycopg.Connection, before: dict[str, Prote
     counted = counts_changes(conn)
     for name, was in before.items():
         table = was.table
-        if not table_exists(conn, table):
+        identity = _protected_identity(conn, table)
+        if identity is None:
             checks.append(Check(f"{name} still exists", False, "missing", "present"))
             continue
-        relations, columns, constraints = _protected_identity(conn, table)
+        relations, columns, constraints, (inserted, updated, deleted) = identity
         differences = []
         if relations != was.relations:
             differences.append("its storage was replaced (TRUNCATE, rewrite or re-creation)")
@@ -532,8 +534,6 @@ def protected_tables_untouched(conn: psycopg.Connection, before: dict[str, Prote
                             not differences, "; ".join(differences) or "unchanged",
                             "unchanged"))
         if counted:
-            inserted, updated, deleted = conn.execute(
-                _CHANGED_BY_THIS_TRANSACTION, ([oid for oid, _ in was.relations],)).fetchone()
             checks.append(Check(
                 f"{name} ({was.rows} rows before): no row inserted, updated or deleted by "
                 "this transaction", inserted == updated == deleted == 0,

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "coaching"
 ROWS = int(os.environ.get("BENCH_COACHING_ROWS", "1000000"))
 EXPORT_REPEATS = 3
-IMPORT_REPEATS = 2
+IMPORT_REPEATS = 3
 TABLES = [QualifiedName("public", n) for n in
           ("sponsor_connections", "sponsor_visible_memos", "sponsor_chat_messages")]
 
