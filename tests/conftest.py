@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -103,7 +103,7 @@ class Database:
     """One test's own database and how to reach it."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # carries the cluster's password: never in test output
     major: int
 
     def connect(self, **kwargs: object) -> psycopg.Connection:
