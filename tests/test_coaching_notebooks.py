@@ -46,7 +46,8 @@ def test_rollback_then_recovery_leaves_every_coaching_row_identical(demo_db, inc
     assert not dropped.failed, dropped.error
     assert "committed" in dropped.outputs_text()
     assert demo_db.scalar("SELECT to_regclass('public.sponsor_connections') IS NULL")
-    assert (incidents / "INC-42" / "exports" / "coaching_tables" / "manifest.json").exists()
+    incident = next(incidents.glob("*-INC-42"))  # the folder of the incident's records
+    assert (incident / "exports" / "coaching_tables" / "manifest.json").exists()
     recovered = run_notebook(RECOVER, tmp_path, {**common, "answers": _all_yes(RECOVER)})
     assert not recovered.failed, recovered.error
     assert _checksums(demo_db) == before
@@ -119,7 +120,7 @@ def test_nbval_runs_both_notebooks_in_review_mode(demo_db, incidents, tmp_path):
                        "incident_id": "NBVAL"}
     result = _nbval(ROLLBACK, yaml.safe_dump(rollback_params), tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
-    export = incidents / "NBVAL" / "exports" / "coaching_tables"
+    export = next(incidents.glob("*-NBVAL")) / "exports" / "coaching_tables"
     assert (export / "manifest.json").exists()
     recover_params = {**shipped_parameters(RECOVER), "answers": _all_yes(RECOVER),
                       "export_dir": str(export)}

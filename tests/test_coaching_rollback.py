@@ -465,3 +465,100 @@ def test_a_failing_table_stops_a_parallel_export_without_a_manifest(demo_db, tmp
                           where=where, jobs=2)
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the session is usable again
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+# --- fix-ups from the reliability review ------------------------------------------------
+
+
+def test_include_dependents_given_as_a_string_is_refused_in_plain_words(demo_db, coaching):
+    before = demo_db.fingerprint()
+    with pytest.raises(ConfigurationError,
+                       match="include_dependents must be a list of labels, got a string") as no:
+        with demo_db.connect() as conn:
+            drops.build_drop_plan(conn, coaching, "view public.coaching_summary")
+    assert "'v', 'i'" not in str(no.value)  # not spelled out character by character
+    assert demo_db.fingerprint() == before
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_before_any_file_is_written(
+        demo_db, coaching, tmp_path, monkeypatch):
+    from playbook import pgbinaries
+    from playbook.errors import ToolTooOld
+
+    run = begin_run("20_rollback_coaching_tables")
+    server_major = int(run.server_version.split(".")[0])
+    older = [b for b in pgbinaries.candidate_bindirs() if b.major < server_major]
+    assert older, "this machine needs an older PostgreSQL's client tools (Debian's 15)"
+    # A machine whose only client tools are older than the server.
+    monkeypatch.setattr(pgbinaries, "candidate_bindirs", lambda: older)
+    folder = tmp_path / "export"
+    with pytest.raises(ToolTooOld, match="older than the server"):
+        drops.export_migration_data(run, coaching, folder, show_progress=False)
+    assert not folder.exists()  # no CSV-only export is left for a drop to accept
+    with pytest.raises(ExportMismatch), demo_db.connect() as conn:
+        drops.perform_drop(conn, coaching, folder)
+    assert _tables_present(demo_db) == set(COACHING)
+
+
+def test_the_rollback_reports_how_long_it_held_the_tables_locked(demo_db, coaching, exported):
+    run = begin_run("20_rollback_coaching_tables", mode="execute",
+                    confirm_database=demo_db.name)
+    frame = drops.rollback(run, coaching, exported)
+    held = frame.attrs["lock_hold_ms"]
+    assert held > 0
+    committed = frame[frame["check"] == "committed"].iloc[0]
+    assert committed["observed"] == f"tables locked {held:.0f} ms"
+
+
+def test_an_export_folder_that_cannot_be_created_is_one_playbook_error(demo_db, coaching,
+                                                                       tmp_path):
+    from playbook.errors import ExportFailed
+
+    before = demo_db.fingerprint()
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "a-file" / "export"
+    run = begin_run("20_rollback_coaching_tables")
+    with pytest.raises(ExportFailed, match="nothing was dropped or changed") as failed:
+        drops.export_migration_data(run, coaching, folder, show_progress=False)
+    assert "choose another export_dir" in str(failed.value)
+    assert demo_db.fingerprint() == before
+
+
+def test_before_the_export_the_gate_says_it_will_be_verified_and_the_drop_still_refuses(
+        demo_db, coaching, tmp_path):
+    answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
+    run = begin_run("20_rollback_coaching_tables", mode="execute",
+                    confirm_database=demo_db.name, answers=answers)
+    folder = tmp_path / "not-exported-yet"
+    gate = drops.rollback_gate(run, coaching, folder)
+    row = gate.table().set_index("question").loc["data_exported"]
+    # Nothing can be verified yet (notebook 20 exports after this gate): no claim of it.
+    assert row["verified"] == "" and "verified before the drop" in row["asked"]
+    assert "Not verified yet" in row["asked"]
+    gate.check()  # the operator's yes opens the gate...
+    before = demo_db.fingerprint()
+    with pytest.raises(ExportMismatch, match="No export manifest"):
+        drops.rollback(run, coaching, folder)  # ...but the drop refuses without the export
+    assert demo_db.fingerprint() == before
+
+
+def test_after_the_export_the_gate_shows_the_export_verified(demo_db, coaching, exported):
+    run = begin_run("20_rollback_coaching_tables",
+                    answers={qid: "yes" for qid in drops.STOP_QUESTIONS})
+    row = drops.rollback_gate(run, coaching, exported).table().set_index(
+        "question").loc["data_exported"]
+    assert row["verified"] == "pass" and row["evidence"].startswith("verified:")
+
+
+def test_an_objects_oid_is_found_while_it_exists_and_none_once_gone(demo_db, coaching):
+    from psycopg import sql
+
+    from playbook.migration_objects import migration_objects, object_oid
+
+    table = next(o for o in migration_objects(coaching) if o.kind == "table")
+    with demo_db.connect() as conn:
+        assert isinstance(object_oid(conn, table), int)
+        conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(
+            sql.Identifier(table.schema, table.name)))
+        assert object_oid(conn, table) is None
+        conn.rollback()

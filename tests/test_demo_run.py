@@ -28,6 +28,12 @@ def test_demo_run_rehearses_every_notebook_and_leaves_a_complete_incident(empty_
     assert set(outcomes.values()) == {"succeeded"}
     assert (folder / "timeline.md").exists() and (folder / "timeline.png").exists()
 
+    # Every export sits beside the records of the run that wrote it.
+    manifests = sorted(p.relative_to(incidents) for p in incidents.rglob("manifest.json"))
+    assert manifests and all(p.parts[:2] == (folder.name, "exports") for p in manifests)
+    kinds = {p.parts[2].split("-")[0] for p in manifests}
+    assert kinds == {"coaching_tables", "30_full_restore", "31_restore_tables"}, manifests
+
     # The database ends healthy: the sequence repaired, coaching data back, damage repaired.
     with psycopg.connect(empty_db.url) as conn:
         assert conn.execute("SELECT count(*) FROM public.sponsor_chat_messages").fetchone()[0] \

@@ -246,3 +246,87 @@ def test_rehearsal_falls_back_to_a_dump_when_someone_is_connected_to_the_target(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pg_dump | pg_restore" in result.stdout
     assert files_holding(tmp_path / "incidents", password) == []
+
+
+# --- one place for an incident's files ---------------------------------------------------
+
+
+def _run_of(incident_id: str, notebook: str):
+    from datetime import UTC, datetime
+
+    from playbook.runs import Run
+
+    return Run(notebook=notebook, mode="review", database_url_env="DATABASE_URL",
+               database="postgres", server_version="16", target="", answers={},
+               incident_id=incident_id, operator="", started_at=datetime(
+                   2025, 1, 26, 9, 30, 5, tzinfo=UTC))
+
+
+def test_every_notebooks_export_lands_beside_the_records_of_its_incident(tmp_path,
+                                                                         monkeypatch):
+    from playbook import drops, repair, restore
+    from playbook.incidents import incident_folder
+    from playbook.migrations import load_migration
+
+    monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))
+    records_folder = incident_folder("INC-7")  # where `playbook run` writes the records
+    assert records_folder.parent == tmp_path / "incidents"
+    assert records_folder.name.endswith("-INC-7") and records_folder.is_dir()
+    exports = records_folder / "exports"
+
+    assert drops.default_export_dir(load_migration("coaching_tables"), "INC-7") == \
+        exports / "coaching_tables"
+    assert restore.export_folder(_run_of("INC-7", "30_full_restore"), "") == \
+        exports / "30_full_restore-20250126T093005Z" / "rows_after_backup"
+    assert repair.diff_export_folder(_run_of("INC-7", "31_restore_tables")) == \
+        exports / "31_restore_tables-20250126T093005Z"
+    # An explicit export_dir still wins.
+    assert drops.default_export_dir(load_migration("coaching_tables"), "INC-7",
+                                    str(tmp_path / "mine")) == tmp_path / "mine"
+    assert restore.export_folder(_run_of("INC-7", "30_full_restore"),
+                                 str(tmp_path / "mine")).is_relative_to(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "incidents").iterdir()] == [records_folder.name]
+
+
+def test_a_run_without_an_incident_id_keeps_its_exports_in_a_folder_named_after_its_start(
+        tmp_path, monkeypatch):
+    from playbook import restore
+
+    monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))
+    run = _run_of("", "30_full_restore")
+    folder = restore.export_folder(run, "")
+    assert folder == (tmp_path / "incidents" / "2025-01-26-20250126T093005Z" / "exports"
+                      / "30_full_restore-20250126T093005Z" / "rows_after_backup")
+    assert restore.export_folder(run, "") == folder  # the re-import finds the same folder
+    assert not (tmp_path / "incidents").exists()  # nothing created until the export writes
+
+
+def test_jupyterlab_inside_notebooks_and_papermill_from_the_root_share_one_incidents_folder(
+        tmp_path, monkeypatch):
+    from playbook.incidents import incidents_root
+
+    monkeypatch.delenv("PLAYBOOK_INCIDENTS", raising=False)
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    monkeypatch.chdir(project / "notebooks")
+    from_lab = incidents_root()
+    monkeypatch.chdir(project)
+    assert incidents_root() == from_lab == project / "incidents"
+
+
+def test_a_rehearsed_drop_keeps_its_export_with_the_rehearsal_never_among_real_incidents(
+        demo_db, tmp_path, monkeypatch):
+    from playbook import recovery
+    from playbook.errors import ExportMismatch
+    from playbook.migrations import load_migration
+    from playbook.rehearsal import rehearse
+
+    monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))
+    rehearsal = rehearse("20_rollback_coaching_tables")
+    assert rehearsal.outcome == "passed", rehearsal.run.get("why")
+    manifests = list((tmp_path / "incidents").rglob("manifest.json"))
+    assert manifests and all(p.is_relative_to(rehearsal.folder) for p in manifests)
+    # Notebook 21's "newest export" must not be the scratch copy's.
+    with pytest.raises(ExportMismatch, match="No export of coaching_tables"):
+        recovery.find_export(load_migration("coaching_tables"))

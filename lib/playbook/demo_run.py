@@ -165,8 +165,7 @@ def run_demo(rows: int = 2000, incident_id: str = "", *,
             parameters = dict(step.parameters)
             if step.notebook in ("30_full_restore", "31_restore_tables"):
                 parameters.update(backup_dir=str(folder / "backups"),
-                                  backup_file=_latest_backup(folder),
-                                  export_dir=str(folder / "exports"))
+                                  backup_file=_latest_backup(folder))
                 if step.notebook == "31_restore_tables":
                     del parameters["backup_dir"]
             record = records.run_notebook(

@@ -145,6 +145,12 @@ def check_include_dependents(include_dependents: object) -> list[str]:
     """``include_dependents`` as a list of labels; ConfigurationError if malformed."""
     if include_dependents is None:
         return []
+    if isinstance(include_dependents, str):  # a list of its characters is no one's intent
+        raise ConfigurationError(
+            "include_dependents must be a list of labels, got a string "
+            f"({include_dependents!r}). Nothing was changed.",
+            next_step=f"write it as a list: [{include_dependents!r}].",
+        )
     if not isinstance(include_dependents, list | tuple) or not all(
         isinstance(x, str) and x.strip() for x in include_dependents
     ):
@@ -161,7 +167,8 @@ def require_no_unlisted_dependents(dependents: Sequence[Dependent],
                                    include_dependents: Iterable[str]) -> list[Dependent]:
     """The dependents the operator included; DependentObjectsExist while any other exists.
     A label that names nothing is refused too (a typo must not pass as a decision)."""
-    included = check_include_dependents(list(include_dependents))
+    included = check_include_dependents(
+        include_dependents if isinstance(include_dependents, str) else list(include_dependents))
     labels = {d.label for d in dependents}
     unknown = sorted(set(included) - labels)
     if unknown:

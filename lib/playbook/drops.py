@@ -23,10 +23,8 @@ therefore kept to catalog look-ups: the proof about the protected tables is
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +41,7 @@ from .dependencies import (
 )
 from .errors import DependentObjectsExist, ExportMismatch, VerificationFailed
 from .exports import (
+    MANIFEST,
     Manifest,
     dump_archive,
     export_tables,
@@ -53,11 +52,12 @@ from .exports import (
 )
 from .fingerprint import table_checksum
 from .gates import Gate
+from .incidents import exports_folder
 from .locks import take_playbook_lock
-from .migration_objects import FoundObject, Inventory, find_in_database
-from .migration_objects import _oid as object_oid
+from .migration_objects import FoundObject, Inventory, find_in_database, object_oid
 from .migrations import Migration
 from .names import QualifiedName
+from .pgbinaries import client_program
 from .queries import translated_errors
 from .verification import Check, checks_table
 
@@ -84,28 +84,13 @@ def lock_scope(migration: Migration) -> str:
     return f"migration:{migration.name}"
 
 
-def incidents_root() -> Path:
-    """``$PLAYBOOK_INCIDENTS``, else ``incidents/`` in the project folder (the nearest
-    folder above the working directory holding pyproject.toml), else in the working
-    directory. JupyterLab runs a notebook inside notebooks/, papermill wherever it is
-    started: both land in the same place."""
-    if os.environ.get("PLAYBOOK_INCIDENTS"):
-        return Path(os.environ["PLAYBOOK_INCIDENTS"]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "notebooks").is_dir():
-            return folder / "incidents"
-    return here / "incidents"
-
-
 def default_export_dir(migration: Migration, incident_id: str = "",
                        export_dir: str = "") -> Path:
-    """``export_dir`` if given; else incidents/<incident_id or UTC timestamp>/exports/<name>."""
+    """``export_dir`` if given; else the incident's ``exports/<migration>`` folder (an
+    incident named after the UTC start time when there is no incident id)."""
     if export_dir:
         return Path(export_dir).expanduser().resolve()
-    label = incident_id.strip() or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip(".") or "run"
-    return incidents_root() / safe / "exports" / migration.name
+    return exports_folder(incident_id.strip(), migration.name)
 
 
 # --- the plan ---------------------------------------------------------------------------
@@ -214,7 +199,7 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
     """The statements that remove what ``migration`` created, in dependency order.
     Raises DependentObjectsExist while objects outside it depend on it and are not named
     in ``include_dependents``."""
-    include_dependents = check_include_dependents(list(include_dependents))
+    include_dependents = check_include_dependents(include_dependents)
     inventory = inventory or find_in_database(conn, migration)
     dependents = find_dependents(conn, inventory)
     included = require_no_unlisted_dependents(dependents, include_dependents)
@@ -307,14 +292,27 @@ def inspect_dependents(run, migration: Migration,
 
 
 def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
-    """The STOP questions and prerequisites, pre-filled from ``run.answers``; the export
-    question is verified against the manifest when one exists already."""
-    gate = Gate(f"Rollback of {migration.name}: STOP", STOP_QUESTIONS, run.answers)
-    if (Path(export_dir) / "manifest.json").exists():
+    """The STOP questions and prerequisites, pre-filled from ``run.answers``.
+
+    The export question is verified against the live data when a manifest is already in
+    ``export_dir`` (a failed check closes the gate). Without one (the usual case: notebook
+    20 exports right after this gate) nothing can be verified yet, and the question says
+    so instead of showing a check: the drop itself refuses unless the export it finds then
+    matches the live data (:func:`perform_drop`)."""
+    export_dir = Path(export_dir)
+    questions = dict(STOP_QUESTIONS)
+    if not (export_dir / MANIFEST).exists():
+        questions["data_exported"] = (
+            f"Have you exported the migration's data separately? Not verified yet: there is "
+            f"no export in {export_dir}; the next step exports it there and it will be "
+            "verified before the drop (the drop refuses unless it matches the live data).")
+    gate = Gate(f"Rollback of {migration.name}: STOP", questions, run.answers)
+    if (export_dir / MANIFEST).exists():
         with run.connect(read_only=True) as conn:
-            problems = export_problems(conn, migration, Path(export_dir))
+            problems = export_problems(conn, migration, export_dir)
         gate.verify("data_exported", not problems,
-                    "; ".join(problems) or f"manifest in {export_dir} matches the live data")
+                    "; ".join(problems) or f"verified: the manifest in {export_dir} matches "
+                    "the live data")
     return gate
 
 
@@ -333,13 +331,16 @@ def export_migration_data(run, migration: Migration, export_dir: Path,
                   for f in _table_order(conn, inventory.of_kind("table"))][::-1]
         major = conn.info.server_version // 10000
         conn.commit()
+        # A pg_dump too old for the server is refused before any file is written, so no
+        # CSV-only export is ever left for a drop to accept.
+        pg_dump = client_program("pg_dump", major) if archive and tables else None
         manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
                                  f"{migration.name}", show_progress=show_progress,
                                  extra={"migration": migration.name,
                                         "import_order": [str(t) for t in tables]})
     if archive and tables:
         manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
-            f"{migration.name}.dump"), server_major=major)
+            f"{migration.name}.dump"), server_major=major, pg_dump=pg_dump)
         write_manifest(export_dir, manifest)
     return manifest_table(manifest, export_dir)
 
@@ -647,10 +648,11 @@ def rollback(run, migration: Migration, export_dir: Path,
         result = perform_drop(conn, migration, export_dir, include_dependents,
                               lock_timeout=lock_timeout)
     frame = result.table()
-    frame.attrs["lock_hold_ms"] = result.lock_hold_ms
     if result.committed:
         frame = pd.concat([frame, pd.DataFrame([{
             "check": "committed", "result": "PASS",
             "observed": f"tables locked {result.lock_hold_ms:.0f} ms", "expected": ""}])],
             ignore_index=True)
+    # Attached last: pd.concat drops attrs its inputs do not share.
+    frame.attrs["lock_hold_ms"] = result.lock_hold_ms
     return frame

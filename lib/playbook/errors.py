@@ -97,6 +97,11 @@ class ExportMismatch(PlaybookError):
     """An export is missing, incomplete or does not match its manifest or the live data."""
 
 
+class ExportFailed(ExportMismatch):
+    """Writing an export failed (disk full, export folder gone, no permission): the
+    database was only read, and what was written is not an export any step accepts."""
+
+
 class LockBusy(PlaybookError):
     """Another operator holds the playbook's lock, or a table lock could not be taken in
     time."""

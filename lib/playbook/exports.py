@@ -13,6 +13,7 @@ files and the live data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .errors import ExportMismatch
+from .errors import ExportFailed, ExportMismatch
 from .names import QualifiedName
 
 MANIFEST = "manifest.json"
@@ -184,7 +185,8 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
     With several tables, up to ``jobs`` sessions export side by side, largest table
     first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
     in the order of ``tables`` whatever order they were written in."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing_into(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         database=conn.info.dbname,
@@ -206,28 +208,68 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     try:
-        while True:
-            try:
-                with conn.transaction():
-                    manifest.extra.setdefault("session", session_settings(conn))
-                    helpers = _snapshot_sessions(conn, extra_sessions)
-                    try:
-                        results = _run_exports(conn, helpers, work, folder, show_progress)
-                    finally:
-                        for helper in helpers:
-                            helper.close()
-            except _NoSnapshot:
-                extra_sessions = 0  # that transaction was rolled back: again, on one session
-                continue
-            break
-    finally:
-        conn.isolation_level, conn.read_only = previous
+        with writing_into(folder):
+            while True:
+                try:
+                    with conn.transaction():
+                        manifest.extra.setdefault("session", session_settings(conn))
+                        helpers = _snapshot_sessions(conn, extra_sessions)
+                        try:
+                            results = _run_exports(conn, helpers, work, folder, show_progress)
+                        finally:
+                            for helper in helpers:
+                                helper.close()
+                except _NoSnapshot:
+                    extra_sessions = 0  # that transaction was rolled back: again, on one session
+                    continue
+                break
+    except BaseException:
+        # A session left mid-COPY refuses new settings; that must not hide why we stopped.
+        with contextlib.suppress(psycopg.Error):
+            conn.isolation_level, conn.read_only = previous
+        raise
+    conn.isolation_level, conn.read_only = previous
     for index, table, _copy, file in work:
         rows, size, digest = results[index]
         manifest.files.append(
             ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
     write_manifest(folder, manifest)
     return manifest
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError that caused ``exc`` (itself, or one raised before it while a cleanup
+    failed), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path):
+    """Turn a failure to write the export (disk full, folder removed, no permission) into
+    ExportFailed, saying that the database was only read."""
+    try:
+        yield
+    except ExportMismatch:
+        raise
+    except BaseException as exc:
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        where = f" ({cause.filename})" if cause.filename else ""
+        raise ExportFailed(
+            f"Writing the export into {folder} failed: {cause.strerror or cause}{where}. The "
+            "database was only read: nothing was dropped or changed. The files written so far "
+            "are not a complete export, and no step accepts them.",
+            next_step="free space on that disk (the export needs about the tables' size) or "
+            "choose another export_dir, then run the export again.",
+        ) from cause
 
 
 def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], work: list,
@@ -291,7 +333,8 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     path = folder / MANIFEST
-    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    with writing_into(folder):
+        path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return path
 
 
@@ -463,23 +506,25 @@ def client_environment(url: str) -> dict[str, str]:
 
 
 def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
-                 *, server_major: int) -> dict[str, object]:
+                 *, server_major: int, pg_dump: Path | None = None) -> dict[str, object]:
     """A pg_dump custom-format archive (-Fc) of ``tables`` (definitions, data, owned
     sequences) at ``path``; returns its size and SHA-256 for the manifest. The connection
-    reaches pg_dump through its environment only."""
+    reaches pg_dump through its environment only. ``pg_dump``: the program, when the
+    caller already chose it (see :func:`pgbinaries.client_program`)."""
     import subprocess
 
     from .connecting import redact
     from .pgbinaries import client_program
 
-    pg_dump = client_program("pg_dump", server_major)
+    pg_dump = pg_dump or client_program("pg_dump", server_major)
     args = [str(pg_dump), "--format=custom", "--no-password", f"--file={path}"]
     for table in tables:
         # Double quotes make every character of the name literal in a pg_dump pattern.
         quoted = ".".join('"' + part.replace('"', '""') + '"'
                           for part in (table.schema, table.name))
         args.append(f"--table={quoted}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_into(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(args, env=client_environment(url), capture_output=True,
                             text=True, timeout=3600)
     if result.returncode != 0:

@@ -180,7 +180,8 @@ def migration_objects(migration: Migration) -> list[MigrationObject]:
     return parse_created_objects(migration.deploy_sql())
 
 
-def _oid(conn: psycopg.Connection, obj: MigrationObject) -> int | None:
+def object_oid(conn: psycopg.Connection, obj: MigrationObject) -> int | None:
+    """The object's oid in the database, or None when it does not exist there."""
     if obj.kind in ("table", "view", "sequence", "index"):
         relkinds = {"table": ["r", "p"], "view": ["v", "m"], "sequence": ["S"],
                     "index": ["i", "I"]}[obj.kind]
@@ -251,7 +252,7 @@ def find_in_database(conn: psycopg.Connection, migration: Migration,
     objects = migration_objects(migration)
     listed = {(o.kind, o.schema, o.name) for o in objects}
     for obj in objects:
-        oid = _oid(conn, obj)
+        oid = object_oid(conn, obj)
         found = FoundObject(obj, oid)
         if obj.kind == "table":
             if oid is None:
@@ -274,7 +275,7 @@ def find_in_database(conn: psycopg.Connection, migration: Migration,
                     existing.owned_by, existing.note = owner, owner
                 elif ("sequence", schema, name) not in listed:
                     seq = MigrationObject("sequence", schema, name)
-                    seq_oid = _oid(conn, seq)
+                    seq_oid = object_oid(conn, seq)
                     inventory.objects.append(FoundObject(seq, seq_oid, note=owner,
                                                          owned_by=owner))
     # Sequences listed before their owning table was seen: attach the owner now.

@@ -13,7 +13,7 @@ not onto disk; every string of the executed notebook is scrubbed with
 :func:`connecting.redact` before anything is written, and a file that would still hold
 the live password is not written at all (:class:`RecordRefused`).
 
-The incident folder root is ``$PLAYBOOK_INCIDENTS`` or ``./incidents``.
+Where the incident folders are (and their exports) is :mod:`playbook.incidents`.
 """
 
 from __future__ import annotations
@@ -38,67 +38,15 @@ from papermill.iorw import papermill_io
 
 from . import connecting
 from .errors import ConfigurationError, ObjectNotFound, RecordRefused
+from .incidents import FOLDER_NAME as _FOLDER
+from .incidents import incident_folder, incidents_root, require_incident_id
 
 SUCCEEDED, STOPPED, FAILED = "succeeded", "stopped at a gate", "failed"
 GATE_EXCEPTIONS = {"GateClosed"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RECORD_METADATA_KEY = "playbook_record"
-_INCIDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_FOLDER = re.compile(r"(\d{4}-\d{2}-\d{2})-(.+)")
 # A connection string with an inline password, in either libpq form.
 _URL_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^:/@\s]*:[^@\s]+@|password\s*=", re.I)
-
-
-# --- where records go -----------------------------------------------------------------
-
-
-def incidents_root() -> Path:
-    """``$PLAYBOOK_INCIDENTS`` or ``./incidents``."""
-    return Path(os.environ.get("PLAYBOOK_INCIDENTS") or Path.cwd() / "incidents").resolve()
-
-
-def require_incident_id(incident_id: str) -> str:
-    if not isinstance(incident_id, str) or not _INCIDENT_ID.fullmatch(incident_id):
-        raise ConfigurationError(
-            f"The incident id must be letters, digits, '.', '_' or '-' (at most 64), got "
-            f"{incident_id!r}. Nothing was run.",
-            next_step="pass e.g. --incident INC-2025-014.",
-        )
-    return incident_id
-
-
-def find_incident(incident_id: str, root: Path | None = None) -> Path | None:
-    """The folder of ``incident_id`` (the latest if it spans several dates), or None."""
-    require_incident_id(incident_id)
-    root = root or incidents_root()
-    if not root.is_dir():
-        return None
-    matches = sorted(
-        p for p in root.iterdir()
-        if p.is_dir() and (m := _FOLDER.fullmatch(p.name)) and m.group(2) == incident_id
-    )
-    return matches[-1] if matches else None
-
-
-def incident_folder(incident_id: str, root: Path | None = None) -> Path:
-    """The incident's folder, created as ``<today>-<ID>`` on its first run."""
-    found = find_incident(incident_id, root)
-    if found:
-        return found
-    folder = (root or incidents_root()) / f"{datetime.now(UTC):%Y-%m-%d}-{incident_id}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def require_incident(incident_id: str, root: Path | None = None) -> Path:
-    found = find_incident(incident_id, root)
-    if found is None:
-        raise ObjectNotFound(
-            f"No records of incident {incident_id!r} under {root or incidents_root()}.",
-            next_step="`playbook incidents` lists the incidents recorded here "
-            "(PLAYBOOK_INCIDENTS sets where they are kept).",
-        )
-    return found
 
 
 # --- which notebook, which parameters ---------------------------------------------------

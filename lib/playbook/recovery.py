@@ -17,7 +17,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, incidents_root, lock_scope
+from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
     MANIFEST,
@@ -29,6 +29,7 @@ from .exports import (
     table_sha256,
 )
 from .gates import Gate
+from .incidents import incidents_root
 from .locks import take_playbook_lock
 from .migration_objects import find_in_database, migration_objects, owned_sequences
 from .migrations import Migration

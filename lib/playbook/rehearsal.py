@@ -26,11 +26,11 @@ from psycopg import errors as pgerrors
 
 from . import connecting, localdb
 from .errors import PlaybookError, PreconditionFailed
+from .incidents import incidents_root
 from .pgbinaries import client_program
 from .records import (
     SUCCEEDED,
     declared_parameters,
-    incidents_root,
     load_parameter_file,
     resolve_notebook,
     run_notebook,
@@ -156,12 +156,15 @@ def rehearse(stem: str, parameters: Mapping[str, object] | None = None, *,
     scratch_url = localdb.database_url_for(url, scratch)
     checks: list[dict] = []
     dropped = False
+    on_copy = rehearsal_parameters(path.stem, parameters, scratch, declared)
+    if "export_dir" in declared and not on_copy.get("export_dir"):
+        # The copy's exports stay with the rehearsal's record: never among a real
+        # incident's, where notebook 21 could take one for the newest real export.
+        on_copy["export_dir"] = str(folder / "exports")
     try:
         with _environment(REHEARSAL_ENV, scratch_url):
-            record = run_notebook(
-                path.stem, "rehearsal", rehearsal_parameters(path.stem, parameters, scratch,
-                                                            declared),
-                operator=operator, notebooks_dir=path.parent, folder=folder)
+            record = run_notebook(path.stem, "rehearsal", on_copy, operator=operator,
+                                  notebooks_dir=path.parent, folder=folder)
             if record.outcome == SUCCEEDED:
                 with connecting.session(REHEARSAL_ENV, purpose="rehearsal-verify",
                                         read_only=True) as conn:

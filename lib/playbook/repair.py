@@ -38,6 +38,7 @@ from . import supabase_dumps, table_diff
 from .errors import ConfigurationError, PreconditionFailed, VerificationFailed
 from .fingerprint import table_checksum
 from .gates import Gate, reject_unknown_answers
+from .incidents import exports_folder, run_label
 from .locks import take_playbook_lock
 from .names import QualifiedName, parse_table_name
 from .queries import translated_errors
@@ -568,14 +569,23 @@ def _drop_quietly(scratch: supabase_dumps.Scratch) -> None:
         pass
 
 
+def diff_export_folder(run: Run, export_dir: str | Path = "") -> Path:
+    """Where the diff is exported: by default the incident's
+    ``exports/31_restore_tables-<run start time>``; with ``export_dir``,
+    ``<export_dir>/<incident or no-incident>/31_restore_tables-<run start time>``."""
+    what = f"31_restore_tables-{run_label(run.started_at)}"
+    if not export_dir:
+        return exports_folder(run.incident_id, what, started_at=run.started_at)
+    return Path(export_dir) / (run.incident_id or "no-incident") / what
+
+
 def diff_step(job: SurgicalRestore, tables: Sequence[str], schemas: Sequence[str],
               export_dir: str | Path) -> table_diff.DiffReport:
     """Step 3: diff the chosen tables and export them (review and execute alike)."""
     if not isinstance(tables, list | tuple) or not isinstance(schemas, list | tuple):
         raise ConfigurationError("tables and schemas must be lists of names. Nothing was "
                                  "changed.")
-    folder = Path(export_dir) / (job.run.incident_id or "no-incident") / \
-        f"31_restore_tables-{job.run.started_at:%Y%m%dT%H%M%SZ}"
+    folder = diff_export_folder(job.run, export_dir)
     with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
         chosen = table_diff.chosen_tables(scratch, tables, schemas)
         job.report = table_diff.diff_tables(scratch, live, chosen, folder)

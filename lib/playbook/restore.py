@@ -39,6 +39,7 @@ from .errors import (
     VerificationFailed,
 )
 from .exports import Manifest, export_tables, require_sound_export
+from .incidents import exports_folder, run_label
 from .locks import take_playbook_lock
 from .names import QualifiedName
 from .queries import table, translated_errors
@@ -678,8 +679,14 @@ def sessions_on_target(run) -> pd.DataFrame:
 
 
 def export_folder(run, export_dir: str) -> Path:
-    """exports/<notebook>-<incident or start time>/rows_after_backup"""
-    label = run.incident_id or run.started_at.strftime("%Y%m%dT%H%M%SZ")
+    """Where this run exports the rows written after the backup: by default the
+    incident's ``exports/<notebook>-<run start time>/rows_after_backup`` (one folder per
+    run: a later run never overwrites an earlier run's export); with ``export_dir``,
+    ``<export_dir>/<notebook>-<incident or start time>/rows_after_backup``."""
+    if not export_dir:
+        return exports_folder(run.incident_id, f"{run.notebook}-{run_label(run.started_at)}",
+                              started_at=run.started_at) / "rows_after_backup"
+    label = run.incident_id or run_label(run.started_at)
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
     return Path(export_dir) / f"{run.notebook}-{safe}" / "rows_after_backup"
 

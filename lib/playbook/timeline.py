@@ -16,7 +16,8 @@ import nbformat
 import pandas as pd
 
 from .checklists import checklists_in
-from .records import Record, read_records, require_incident
+from .incidents import require_incident
+from .records import Record, read_records
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "pending": "#9e9e9e"}
 
