@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from playbook import drops, recovery
-from playbook.errors import ExportMismatch, LockBusy, PreconditionFailed
+from playbook.errors import ExportMismatch, LockBusy, PreconditionFailed, VerificationFailed
+from playbook.exports import export_tables
 from playbook.fingerprint import table_checksum
 from playbook.locks import take_playbook_lock
 from playbook.migrations import load_migration
+from playbook.names import QualifiedName
 from playbook.runs import begin_run
 
 COACHING = (("public", "sponsor_connections"), ("public", "sponsor_chat_messages"),
@@ -121,3 +125,150 @@ def test_recovery_is_refused_while_another_operator_holds_the_lock(demo_db, coac
                 recovery.perform_recovery(second, coaching, folder)
         first.rollback()
     assert demo_db.fingerprint() == before
+
+
+# --- the load: foreign keys and secondary indexes set aside, re-created, proven ----------
+
+COACHING_TABLES = [QualifiedName(*t) for t in COACHING]
+
+
+def _schema(db) -> dict[str, str]:
+    with db.connect() as conn:
+        return recovery.schema_snapshot(conn, COACHING_TABLES)
+
+
+def _rewrite_export_file(folder: Path, file: str, edit) -> None:
+    """Change one exported file and its manifest entry consistently (rows, bytes, SHA-256),
+    as a tampered or foreign export would look: the checksums alone cannot catch it."""
+    path = folder / file
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines = edit(lines)
+    path.write_bytes(b"".join(lines))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["file"] == file:
+            entry.update(rows=len(lines) - 1, bytes=path.stat().st_size,
+                         sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_load_sets_aside_only_foreign_keys_and_secondary_indexes(demo_db):
+    with demo_db.connect() as conn:
+        set_aside = recovery.objects_to_set_aside(conn, COACHING_TABLES)
+    names = {(o.kind, o.name) for o in set_aside}
+    assert ("foreign key", "sponsor_chat_messages_connection_id_fkey") in names
+    assert ("foreign key", "sponsor_chat_messages_sender_id_fkey") in names
+    assert ("index", "sponsor_chat_messages_connection_id_idx") in names
+    assert len([o for o in set_aside if o.kind == "foreign key"]) == 6
+    assert len([o for o in set_aside if o.kind == "index"]) == 6
+    assert not any(o.name.endswith("_pkey") for o in set_aside)  # primary keys stay
+    index = next(o for o in set_aside if o.name == "sponsor_chat_messages_connection_id_idx")
+    # Names in the server's definitions are qualified, whatever the session's search_path.
+    assert "ON public.sponsor_chat_messages" in index.definition
+
+
+@pytest.mark.both_versions
+def test_schema_after_recovery_equals_schema_after_a_plain_migration_apply(
+        demo_db, coaching, tmp_path):
+    applied = _schema(demo_db)  # the demo database got the migration by a plain apply
+    assert "index public.sponsor_chat_messages sponsor_chat_messages_sender_id_idx" in applied
+    assert ("constraint public.sponsor_chat_messages sponsor_chat_messages_connection_id_fkey"
+            in applied)
+    assert any(k.startswith("policy public.sponsor_visible_memos") for k in applied)
+    assert any(k.startswith("trigger public.sponsor_connections") for k in applied)
+    assert any(k.startswith("internal trigger of public.sponsor_chat_messages") and
+               " on public.profiles " in k for k in applied)
+    folder = tmp_path / "export"
+    drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+                                show_progress=False)
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, folder).committed
+    with demo_db.connect() as conn:
+        assert recovery.perform_recovery(conn, coaching, folder).committed
+    assert recovery.schema_differences(applied, _schema(demo_db)) == []
+
+
+def test_a_foreign_key_broken_by_the_export_is_rolled_back_naming_the_constraint(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+
+    def orphan_first_message(lines: list[bytes]) -> list[bytes]:
+        header, first = lines[0].decode(), lines[1].decode().split(",")
+        first[header.split(",").index("connection_id")] = "999999"
+        return [lines[0], ",".join(first).encode(), *lines[2:]]
+
+    _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", orphan_first_message)
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed,
+                       match=r"sponsor_chat_messages_connection_id_fkey.*999999.*rolled back"):
+        with demo_db.connect() as conn:
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before  # nothing left behind: the migration is absent
+    assert demo_db.scalar("SELECT to_regclass('public.sponsor_connections')") is None
+
+
+def test_a_duplicated_row_in_the_export_is_rolled_back_naming_the_primary_key(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+    _rewrite_export_file(folder, "public.sponsor_connections.csv",
+                         lambda lines: [*lines, lines[1]])
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed, match=r"sponsor_connections_pkey.*rolled back"):
+        with demo_db.connect() as conn:
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before
+
+
+THINGS_MIGRATION = """
+CREATE TABLE IF NOT EXISTS public.things (id bigint PRIMARY KEY, label text NOT NULL);
+CREATE TABLE IF NOT EXISTS public.thing_parts (
+  id bigserial PRIMARY KEY,
+  thing_id bigint NOT NULL REFERENCES public.things (id),
+  part text);
+CREATE INDEX IF NOT EXISTS thing_parts_thing_id_idx ON public.thing_parts (thing_id);
+-- A foreign key FROM a table the migration does not own INTO one of its tables.
+ALTER TABLE public.audit_notes ADD CONSTRAINT audit_notes_thing_fkey
+  FOREIGN KEY (thing_id) REFERENCES public.things (id);
+"""
+
+
+def test_foreign_keys_from_other_tables_into_the_migration_tables_are_kept(
+        demo_db, tmp_path):
+    deploy = tmp_path / "things.sql"
+    deploy.write_text(THINGS_MIGRATION)
+    things = load_migration(deploy)
+    tables = [QualifiedName("public", "things"), QualifiedName("public", "thing_parts")]
+    with demo_db.connect() as conn:
+        conn.execute("CREATE TABLE public.audit_notes (id int PRIMARY KEY, thing_id bigint)")
+        conn.execute(THINGS_MIGRATION)
+        conn.execute("INSERT INTO public.things SELECT g, 'thing ' || g "
+                     "FROM generate_series(1, 50) g")
+        conn.execute("INSERT INTO public.thing_parts (thing_id, part) "
+                     "SELECT 1 + g % 50, 'part' FROM generate_series(1, 500) g")
+        conn.execute("INSERT INTO public.audit_notes VALUES (1, NULL)")
+        conn.commit()
+        applied = recovery.schema_snapshot(conn, tables)
+        set_aside = {o.name for o in recovery.objects_to_set_aside(conn, tables)}
+    assert set_aside == {"thing_parts_thing_id_fkey", "thing_parts_thing_id_idx"}
+    folder = tmp_path / "export"
+    with demo_db.connect() as conn:
+        export_tables(conn, tables, folder, purpose="test", show_progress=False,
+                      extra={"migration": things.name,
+                             "import_order": [str(t) for t in tables]})
+        # The rollback, with the other table's foreign key named as a dependent.
+        conn.execute("ALTER TABLE public.audit_notes DROP CONSTRAINT audit_notes_thing_fkey")
+        conn.execute("DROP TABLE public.thing_parts, public.things")
+        conn.commit()
+    audit_notes = demo_db.scalar("SELECT count(*) FROM public.audit_notes")
+    with demo_db.connect() as conn:
+        result = recovery.perform_recovery(conn, things, folder)
+    assert result.committed and result.imported == {"public.things": 50,
+                                                    "public.thing_parts": 500}
+    with demo_db.connect() as conn:
+        assert recovery.schema_differences(applied,
+                                           recovery.schema_snapshot(conn, tables)) == []
+        assert conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'audit_notes_thing_fkey'").fetchone()[0] == (
+            "FOREIGN KEY (thing_id) REFERENCES things(id)")
+    assert demo_db.scalar("SELECT count(*) FROM public.audit_notes") == audit_notes

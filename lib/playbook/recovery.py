@@ -6,15 +6,24 @@ table's sequence restarts at its minimum), then prove it: per table, the row cou
 the SHA-256 of the table written out as the export wrote it equal the manifest's. Any
 difference is a ROLLBACK. A missing, incomplete or damaged export is refused before
 anything is changed.
+
+The import loads the way pg_restore does (:func:`bulk_import`): the foreign keys and
+secondary indexes of the tables just created are set aside, the data is copied, then
+each is re-created with its exact name and definition (a foreign key validated by one
+join instead of a trigger per row, an index built in one pass), and the tables' schema
+is proven identical to what the migration created before anything else happens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
@@ -33,7 +42,7 @@ from .incidents import incidents_root
 from .locks import take_playbook_lock
 from .migration_objects import find_in_database, migration_objects, owned_sequences
 from .migrations import Migration
-from .names import QualifiedName, parse_table_name
+from .names import QualifiedName, parse_table_name, table_oid
 from .queries import run_script, translated_errors
 from .verification import Check, checks_table
 
@@ -111,11 +120,20 @@ def recovery_plan(run, migration: Migration, folder: Path) -> pd.DataFrame:
     with run.connect(read_only=True) as conn:
         rows = [{"step": 1, "does": "re-apply the migration", "statement":
                  f"(the whole deploy script {migration.deploy.name})"}]
+        rows.append({"step": 2, "does": "set aside the new tables' foreign keys and "
+                     "secondary indexes for the load (names and definitions read from the "
+                     "catalog after step 1)", "statement": "ALTER TABLE <table> DROP "
+                     "CONSTRAINT <foreign key>; DROP INDEX <index>"})
         for table in import_order(manifest):
             entry = manifest.by_table()[str(table)]
             statement = import_statement(table, csv_columns(folder / entry.file))
             rows.append({"step": 2, "does": f"re-import {entry.rows} rows into {table}",
                          "statement": statement.as_string(conn)})
+        rows.append({"step": 2, "does": "re-create each with its exact name and definition "
+                     "(a foreign key validated in one pass), then prove constraints, indexes, "
+                     "triggers and policies identical to what step 1 created, else ROLLBACK",
+                     "statement": "<pg_get_indexdef>; ALTER TABLE <table> ADD CONSTRAINT "
+                     "<foreign key> <pg_get_constraintdef>"})
     rows.append({"step": 3, "does": "move every owned sequence past its column's MAX",
                  "statement": "SELECT setval(<sequence the catalog names>, MAX(column)) "
                  "(empty table: its minimum, is_called = false)"})
@@ -159,6 +177,232 @@ def set_owned_sequences(conn: psycopg.Connection, table: QualifiedName) -> dict[
     return moved
 
 
+# --- loading the way pg_restore does -------------------------------------------------
+
+FOREIGN_KEY, INDEX = "foreign key", "index"
+
+# Foreign keys of the loaded tables that can be set aside: declared on an ordinary table
+# (not a partition, not inherited from a partitioned parent), nothing but their own
+# internal triggers depending on them, no comment to lose. Foreign keys of OTHER tables
+# pointing INTO the loaded tables are never listed: they are not ours to touch, and they
+# cost nothing while rows are inserted (their triggers fire on UPDATE/DELETE of the
+# referenced row only).
+_FOREIGN_KEYS = """
+SELECT 'foreign key', n.nspname, t.relname, con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint con
+JOIN pg_class t ON t.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE con.contype = 'f' AND con.conrelid = ANY(%(tables)s) AND con.conparentid = 0
+  AND t.relkind = 'r' AND NOT t.relispartition
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_constraint'::regclass
+                  AND d.refobjid = con.oid AND d.deptype <> 'i')
+  AND NOT EXISTS (SELECT 1 FROM pg_description ds
+                  WHERE ds.classoid = 'pg_constraint'::regclass AND ds.objoid = con.oid)
+ORDER BY 2, 3, 4
+"""
+
+# Secondary indexes that can be set aside: not behind a primary key, unique or exclusion
+# constraint (those are kept: foreign keys rely on them), nothing depending on them (a
+# foreign key may use a plain unique index), valid, not a partition's, not the CLUSTER or
+# replica identity index, in the default tablespace, no comment and no per-column
+# statistics target: everything about them is in pg_get_indexdef and their name.
+_SECONDARY_INDEXES = """
+SELECT 'index', n.nspname, t.relname, i.relname, pg_get_indexdef(x.indexrelid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = i.relnamespace
+WHERE x.indrelid = ANY(%(tables)s) AND t.relkind = 'r' AND NOT t.relispartition
+  AND x.indisvalid AND x.indisready AND x.indislive
+  AND NOT x.indisclustered AND NOT x.indisreplident AND i.reltablespace = 0
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid
+                  AND c.contype IN ('p', 'u', 'x'))
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = x.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_description ds
+                  WHERE ds.classoid = 'pg_class'::regclass AND ds.objoid = x.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = x.indexrelid AND a.attstattarget >= 0)
+ORDER BY 2, 3, 4
+"""
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A foreign key or secondary index of a table being loaded: dropped before the COPY,
+    re-created after it with the same name and the definition the server printed."""
+
+    kind: str  # FOREIGN_KEY or INDEX
+    schema: str
+    table: str
+    name: str
+    definition: str  # pg_get_constraintdef / pg_get_indexdef, server-generated
+
+    def drop_statement(self) -> sql.Composed:
+        if self.kind == FOREIGN_KEY:
+            return sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(self.schema, self.table), sql.Identifier(self.name))
+        return sql.SQL("DROP INDEX {}").format(sql.Identifier(self.schema, self.name))
+
+    def create_statement(self) -> sql.Composed:
+        # The definition is text PostgreSQL generated from its own catalog (pg_get_*def of
+        # an object the migration's script just created, read with an empty search_path
+        # so every name in it is qualified); no parameter or file content ever enters it.
+        # It is wrapped as SQL exactly as the server produced it.
+        server_text = sql.SQL(self.definition)  # noqa: S608 (server-generated, see above)
+        if self.kind == FOREIGN_KEY:
+            return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                sql.Identifier(self.schema, self.table), sql.Identifier(self.name),
+                server_text)
+        return sql.Composed([server_text])
+
+
+@contextmanager
+def _qualified_names(conn: psycopg.Connection) -> Iterator[None]:
+    """pg_get_*def qualify every name not visible in search_path: read them with an empty
+    one (for this transaction only, put back afterwards)."""
+    saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+    conn.execute("SELECT set_config('search_path', '', true)")
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
+
+
+def _oids(conn: psycopg.Connection, tables: list[QualifiedName]) -> list[int]:
+    return [table_oid(conn, t) for t in tables]
+
+
+def objects_to_set_aside(conn: psycopg.Connection, tables: list[QualifiedName]
+                         ) -> list[SetAside]:
+    """The foreign keys, then the secondary indexes, of ``tables`` that a bulk load may
+    drop and re-create (what is kept and why: ``_FOREIGN_KEYS``, ``_SECONDARY_INDEXES``)."""
+    oids = _oids(conn, tables)
+    with _qualified_names(conn):
+        rows = (conn.execute(_FOREIGN_KEYS, {"tables": oids}).fetchall()
+                + conn.execute(_SECONDARY_INDEXES, {"tables": oids}).fetchall())
+    return [SetAside(*row) for row in rows]
+
+
+# The loaded tables' schema as the catalog describes it, keyed so that two databases (or
+# one before and after the load) compare equal exactly when they hold the same
+# constraints, indexes, triggers, policies and row-level security, by name and definition.
+# Internal foreign-key triggers (named after their oid) are keyed by their constraint,
+# table, function and type instead, counted.
+_SCHEMA = """
+SELECT 'constraint ' || c.conrelid::regclass || ' ' || quote_ident(c.conname),
+       pg_get_constraintdef(c.oid) || ' | validated ' || c.convalidated
+       || coalesce(' | comment ' || obj_description(c.oid, 'pg_constraint'), '')
+FROM pg_constraint c WHERE c.conrelid = ANY(%(tables)s)
+UNION ALL
+SELECT 'index ' || x.indrelid::regclass || ' ' || quote_ident(i.relname),
+       pg_get_indexdef(x.indexrelid) || ' | valid ' || x.indisvalid
+       || ' | clustered ' || x.indisclustered || ' | replica identity ' || x.indisreplident
+       || ' | tablespace ' || i.reltablespace
+       || coalesce(' | comment ' || obj_description(i.oid, 'pg_class'), '')
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = ANY(%(tables)s)
+UNION ALL
+SELECT 'trigger ' || g.tgrelid::regclass || ' ' || quote_ident(g.tgname),
+       pg_get_triggerdef(g.oid) || ' | enabled ' || g.tgenabled::text
+FROM pg_trigger g WHERE g.tgrelid = ANY(%(tables)s) AND NOT g.tgisinternal
+UNION ALL
+SELECT 'internal trigger of ' || c.conrelid::regclass || ' ' || quote_ident(c.conname)
+       || ' on ' || g.tgrelid::regclass || ' ' || g.tgfoid::regproc || ' type ' || g.tgtype
+       || ' enabled ' || g.tgenabled::text || ' deferrable ' || g.tgdeferrable
+       || ' initdeferred ' || g.tginitdeferred,
+       count(*)::text
+FROM pg_trigger g JOIN pg_constraint c ON c.oid = g.tgconstraint
+WHERE g.tgisinternal AND c.conrelid = ANY(%(tables)s)
+GROUP BY 1
+UNION ALL
+SELECT 'policy ' || p.polrelid::regclass || ' ' || quote_ident(p.polname),
+       p.polcmd::text || ' | permissive ' || p.polpermissive || ' | roles '
+       || array_to_string(ARRAY(SELECT CASE r WHEN 0 THEN 'public' ELSE r::regrole::text END
+                                FROM unnest(p.polroles) r ORDER BY 1), ',')
+       || ' | using ' || coalesce(pg_get_expr(p.polqual, p.polrelid), '')
+       || ' | check ' || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '')
+FROM pg_policy p WHERE p.polrelid = ANY(%(tables)s)
+UNION ALL
+SELECT 'table ' || t.oid::regclass,
+       'row security ' || t.relrowsecurity || ' | forced ' || t.relforcerowsecurity
+FROM pg_class t WHERE t.oid = ANY(%(tables)s)
+"""
+
+
+def schema_snapshot(conn: psycopg.Connection, tables: list[QualifiedName]) -> dict[str, str]:
+    """Constraints, indexes, triggers, policies and row-level security of ``tables``, by
+    name and server-printed definition (comparable across databases)."""
+    with _qualified_names(conn):
+        rows = conn.execute(_SCHEMA, {"tables": _oids(conn, tables)}).fetchall()
+    return dict(sorted(rows))
+
+
+def schema_differences(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What differs between two :func:`schema_snapshot` results, one line per object."""
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) != after.get(key):
+            lines.append(f"{key}: {before.get(key, '(absent)')} -> {after.get(key, '(absent)')}")
+    return lines
+
+
+def _rejected_rows(exc: psycopg.Error, stage: str) -> VerificationFailed:
+    diag = exc.diag
+    where = f"table {diag.schema_name}.{diag.table_name}" if diag.table_name else "a table"
+    constraint = f"constraint {diag.constraint_name}" if diag.constraint_name else "a constraint"
+    detail = f" ({diag.message_detail})" if diag.message_detail else ""
+    return VerificationFailed(
+        f"The exported rows break {constraint} of {where} while {stage}: "
+        f"{diag.message_primary}{detail}. The transaction was rolled back; nothing was "
+        "re-applied.",
+        next_step="the export does not fit the migration's constraints (edited, or taken "
+        "from another database): recover from an untouched export, the pg_dump archive or "
+        "a backup.")
+
+
+def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: Path,
+                manifest: Manifest, *, set_aside_on: list[QualifiedName] | None = None,
+                show_progress: bool = False) -> dict[str, int]:
+    """Import each table's CSV (``tables`` in order, parents first) in the current
+    transaction, the way pg_restore does: foreign keys and secondary indexes set aside,
+    data copied, each re-created with its exact name and definition, then the tables'
+    constraints, indexes, triggers and policies proven identical to before. Returns the
+    rows loaded per table. Rows that break a constraint raise VerificationFailed naming it
+    (the caller's transaction then rolls everything back). Only the tables of
+    ``set_aside_on`` (default: all of ``tables``) have anything set aside."""
+    restructured = [t for t in tables if set_aside_on is None or t in set_aside_on]
+    before = schema_snapshot(conn, restructured)
+    set_aside = objects_to_set_aside(conn, restructured)
+    for obj in set_aside:
+        conn.execute(obj.drop_statement())
+    imported = {}
+    try:
+        for table in tables:
+            entry = manifest.by_table()[str(table)]
+            imported[str(table)] = import_csv(conn, table, folder / entry.file,
+                                              show_progress=show_progress)
+    except pgerrors.IntegrityError as exc:
+        raise _rejected_rows(exc, "being copied") from None
+    # Indexes first (a unique one refuses duplicates here), then the foreign keys: ADD
+    # CONSTRAINT validates all rows with one anti-join where the COPY would have queued a
+    # trigger per row.
+    for obj in sorted(set_aside, key=lambda o: o.kind == FOREIGN_KEY):
+        try:
+            conn.execute(obj.create_statement())
+        except pgerrors.IntegrityError as exc:
+            raise _rejected_rows(exc, f"re-creating {obj.kind} {obj.name}") from None
+    differences = schema_differences(before, schema_snapshot(conn, restructured))
+    if differences:
+        raise VerificationFailed(
+            "After the load the tables' schema is not what the migration created ("
+            + "; ".join(differences) + "). The transaction was rolled back; nothing was "
+            "re-applied.", next_step="report this as a playbook defect; recover with "
+            "psql \\copy into the freshly migrated tables meanwhile.")
+    return imported
+
+
 def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Path,
                      *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> RecoveryResult:
     """Re-apply, re-import, fix sequences and prove, in one transaction (module docstring).
@@ -181,9 +425,11 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
                         next_step="compare the live data with the export; recovery is for "
                         "after a rollback.")
                 run_script(conn, migration.deploy)
-                for table in import_order(manifest):
-                    entry = manifest.by_table()[str(table)]
-                    result.imported[str(table)] = import_csv(conn, table, folder / entry.file)
+                # Only the tables this migration creates are restructured for the load.
+                created = [QualifiedName(o.schema, o.name) for o in migration_objects(migration)
+                           if o.kind == "table"]
+                result.imported.update(bulk_import(conn, import_order(manifest), folder,
+                                                   manifest, set_aside_on=created))
                 for table in import_order(manifest):
                     result.sequences.update(set_owned_sequences(conn, table))
                 settings = manifest.extra.get("session") or {}

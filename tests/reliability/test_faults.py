@@ -83,8 +83,11 @@ def test_killing_the_drop_at_each_step_leaves_the_database_untouched(
 RECOVERY_STEPS = [
     ("playbook lock taken", r"pg_try_advisory_xact_lock", 1, False),
     ("migration re-applied", r"^-- Coaching tables", 1, True),
+    ("foreign keys set aside for the load", r"^ALTER TABLE .* DROP CONSTRAINT", 1, True),
     ("first table re-imported", r'^COPY "public"\."sponsor_visible_memos"', 1, False),
     ("last table re-imported", r'^COPY "public"\."sponsor_chat_messages"', 1, False),
+    ("indexes re-created", r"^CREATE INDEX", 3, True),
+    ("foreign keys re-validated", r"^ALTER TABLE .* ADD CONSTRAINT", 6, False),
     ("sequences moved past MAX", r"^SELECT setval", 2, True),
     ("proving SHA-256 equal", r"^COPY \(SELECT", 2, False),
     ("just before COMMIT", "COMMIT", 1, False),
