@@ -10,7 +10,10 @@ watches the statements the step sends (``instrument.py``), so no product code ch
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -243,14 +246,29 @@ def test_repair_gives_up_within_lock_timeout_while_the_application_holds_a_row(
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 16 kB tmpfs: the demo's coaching export (about 40 kB) cannot fit."""
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """Somewhere the demo's coaching export (about 40 kB) cannot fit, and the error the
+    operating system gives. As root: a 16 kB tmpfs, a real full disk (ENOSPC). An ordinary
+    user may not mount, so there this process's file-size limit (RLIMIT_FSIZE) is set to
+    16 kB for the test: a write past it fails with EFBIG, the same path through the code."""
+    if os.geteuid() == 0:
+        mount = tmp_path / "tiny-disk"
+        mount.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
+        yield mount, "No space left on device"
+        subprocess.run(["umount", str(mount)], check=True)
+        return
+    folder = tmp_path / "size-limited"
+    folder.mkdir()
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        yield folder, "File too large"
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
 
 
 def test_a_disk_full_mid_export_leaves_no_export_the_drop_accepts(demo_db, coaching,
@@ -258,10 +276,11 @@ def test_a_disk_full_mid_export_leaves_no_export_the_drop_accepts(demo_db, coach
     before = demo_db.fingerprint()
     FAULTS.append("disk full mid-export")
     run = _executing(demo_db, "20_rollback_coaching_tables")
-    folder = tiny_disk / "exports"
+    disk, os_error = tiny_disk
+    folder = disk / "exports"
     # One playbook error saying what happened, that nothing changed and what to do; never
     # a raw OSError, nor the cleanup's "can't change 'isolation_level' now" hiding it.
-    with pytest.raises(ExportFailed, match="No space left on device") as failed:
+    with pytest.raises(ExportFailed, match=os_error) as failed:
         drops.export_migration_data(run, coaching, folder, show_progress=False)
     assert "nothing was dropped or changed" in str(failed.value)
     assert "free space" in str(failed.value)
