@@ -181,18 +181,21 @@ def set_owned_sequences(conn: psycopg.Connection, table: QualifiedName) -> dict[
 
 FOREIGN_KEY, INDEX = "foreign key", "index"
 
-# Foreign keys of the loaded tables that can be set aside: declared on an ordinary table
-# (not a partition, not inherited from a partitioned parent), nothing but their own
-# internal triggers depending on them, no comment to lose. Foreign keys of OTHER tables
-# pointing INTO the loaded tables are never listed: they are not ours to touch, and they
-# cost nothing while rows are inserted (their triggers fire on UPDATE/DELETE of the
-# referenced row only).
+# Foreign keys that can be set aside: BETWEEN the loaded tables only (both ends), declared
+# on an ordinary table (not a partition, not inherited from a partitioned parent), nothing
+# but their own internal triggers depending on them, no comment to lose.
+# - A foreign key from a loaded table to another table (public.profiles) is kept: dropping
+#   it drops its triggers on the referenced table, which takes ACCESS EXCLUSIVE on that
+#   table until COMMIT (measured: logins could not read profiles during the whole load).
+# - A foreign key of ANOTHER table pointing into a loaded one is kept too: not ours to
+#   touch, and free while rows are inserted (its triggers fire on UPDATE/DELETE only).
 _FOREIGN_KEYS = """
 SELECT 'foreign key', n.nspname, t.relname, con.conname, pg_get_constraintdef(con.oid)
 FROM pg_constraint con
 JOIN pg_class t ON t.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE con.contype = 'f' AND con.conrelid = ANY(%(tables)s) AND con.conparentid = 0
+  AND con.confrelid = ANY(%(tables)s)
   AND t.relkind = 'r' AND NOT t.relispartition
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_constraint'::regclass
                   AND d.refobjid = con.oid AND d.deptype <> 'i')
@@ -250,7 +253,7 @@ class SetAside:
         # an object the migration's script just created, read with an empty search_path
         # so every name in it is qualified); no parameter or file content ever enters it.
         # It is wrapped as SQL exactly as the server produced it.
-        server_text = sql.SQL(self.definition)  # noqa: S608 (server-generated, see above)
+        server_text = sql.SQL(self.definition)
         if self.kind == FOREIGN_KEY:
             return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 sql.Identifier(self.schema, self.table), sql.Identifier(self.name),
