@@ -13,6 +13,8 @@ import nbformat
 import papermill
 import yaml
 
+from playbook.kernels import LocalSocketKernelManager
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 PARAMETERS = ROOT / "parameters"
@@ -58,6 +60,7 @@ def run_notebook(stem: str, output_dir: Path, parameters: dict | None = None,
         papermill.execute_notebook(
             str(NOTEBOOKS / f"{stem}.ipynb"), str(out), parameters=parameters or {},
             kernel_name="python3", progress_bar=False, cwd=str(ROOT),
+            kernel_manager_class=LocalSocketKernelManager,
         )
     except papermill.PapermillExecutionError as exc:
         error = exc

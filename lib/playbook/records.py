@@ -40,6 +40,7 @@ from . import connecting
 from .errors import ConfigurationError, ObjectNotFound, RecordRefused
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id
+from .kernels import LocalSocketKernelManager
 
 SUCCEEDED, STOPPED, FAILED = "succeeded", "stopped at a gate", "failed"
 GATE_EXCEPTIONS = {"GateClosed"}
@@ -352,6 +353,7 @@ def run_notebook(
         papermill.execute_notebook(
             str(path), memory_path, parameters=merged, kernel_name="python3",
             progress_bar=False, log_output=False, cwd=str(cwd or Path.cwd()),
+            kernel_manager_class=LocalSocketKernelManager,
         )
     except papermill.PapermillExecutionError:
         pass  # read from the executed notebook below, cell by cell
