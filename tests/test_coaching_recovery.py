@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -295,3 +296,26 @@ def test_logins_can_read_profiles_while_the_recovery_loads(demo_db, coaching, ro
             ([str(t) for t in coaching.protected_tables],)).fetchall()
         conn.rollback()
     assert strong == []
+
+
+def test_a_load_that_would_leave_a_different_schema_is_rolled_back(
+        demo_db, coaching, rolled_back, monkeypatch):
+    """A defect in what is re-created (here: an index rebuilt on other columns) is caught
+    by the before/after catalog comparison, inside the transaction."""
+    folder, _ = rolled_back
+    real = recovery.objects_to_set_aside
+
+    def one_index_redefined(conn, tables):
+        return [dataclasses.replace(o, definition=o.definition.replace(
+                    "(connection_id)", "(connection_id, id)"))
+                if o.name == "sponsor_chat_messages_connection_id_idx" else o
+                for o in real(conn, tables)]
+
+    monkeypatch.setattr(recovery, "objects_to_set_aside", one_index_redefined)
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed, match=r"schema is not what the migration created "
+                       r"\(index public.sponsor_chat_messages sponsor_chat_messages_connection"):
+        with demo_db.connect() as conn:
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before
+    assert demo_db.scalar("SELECT to_regclass('public.sponsor_chat_messages')") is None

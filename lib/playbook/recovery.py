@@ -120,9 +120,9 @@ def recovery_plan(run, migration: Migration, folder: Path) -> pd.DataFrame:
     with run.connect(read_only=True) as conn:
         rows = [{"step": 1, "does": "re-apply the migration", "statement":
                  f"(the whole deploy script {migration.deploy.name})"}]
-        rows.append({"step": 2, "does": "set aside the new tables' foreign keys and "
-                     "secondary indexes for the load (names and definitions read from the "
-                     "catalog after step 1)", "statement": "ALTER TABLE <table> DROP "
+        rows.append({"step": 2, "does": "set aside, for the load, the foreign keys between "
+                     "the new tables and their secondary indexes (names and definitions read "
+                     "from the catalog after step 1)", "statement": "ALTER TABLE <table> DROP "
                      "CONSTRAINT <foreign key>; DROP INDEX <index>"})
         for table in import_order(manifest):
             entry = manifest.by_table()[str(table)]
