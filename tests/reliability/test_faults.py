@@ -90,7 +90,7 @@ RECOVERY_STEPS = [
     ("first table re-imported", r'^COPY "public"\."sponsor_visible_memos"', 1, False),
     ("last table re-imported", r'^COPY "public"\."sponsor_chat_messages"', 1, False),
     ("indexes re-created", r"^CREATE INDEX", 3, True),
-    ("foreign keys re-validated", r"^ALTER TABLE .* ADD CONSTRAINT", 6, False),
+    ("foreign keys re-validated", r"^ALTER TABLE .* ADD CONSTRAINT", 2, False),
     ("sequences moved past MAX", r"^SELECT setval", 2, True),
     ("proving SHA-256 equal", r"^COPY \(SELECT", 2, False),
     ("just before COMMIT", "COMMIT", 1, False),
