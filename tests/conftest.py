@@ -143,9 +143,35 @@ def empty_db(pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
     localdb.drop_database(pg_cluster.admin_url, database.name)
 
 
+def _destroy_embedded_clusters(home: Path) -> None:
+    """Stop and delete every embedded cluster started anywhere under ``home`` (e.g. the
+    scratch server notebook 31 starts on demand), so no server outlives the suite."""
+    for state in sorted(home.rglob("clusters/*/state.json")):
+        localdb.LocalCluster(state.parent.name, home=state.parent.parent.parent).destroy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_home_for_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Embedded clusters started in-process (kernels inherit this) live in a scratch
+    folder, never in the checkout's own .playbook/, and are destroyed at the end."""
+    home = tmp_path_factory.mktemp("playbook-home")
+    previous = os.environ.get("PLAYBOOK_HOME")
+    os.environ["PLAYBOOK_HOME"] = str(home)
+    yield home
+    # Every test's scratch folder too: a notebook run may have started one on demand.
+    _destroy_embedded_clusters(tmp_path_factory.getbasetemp())
+    if previous is None:
+        os.environ.pop("PLAYBOOK_HOME", None)
+    else:
+        os.environ["PLAYBOOK_HOME"] = previous
+
+
 @pytest.fixture
-def project_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for running the CLI or papermill as a subprocess in a scratch folder."""
+def project_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for running the CLI or papermill as a subprocess in a scratch folder;
+    any embedded cluster started there is destroyed after the test."""
     env = {k: v for k, v in os.environ.items()}
-    env["PLAYBOOK_HOME"] = str(tmp_path / ".playbook")
-    return env
+    home = tmp_path / ".playbook"
+    env["PLAYBOOK_HOME"] = str(home)
+    yield env
+    _destroy_embedded_clusters(home)
