@@ -99,3 +99,41 @@ def test_showing_a_gate_again_closes_the_widgets_of_the_previous_showing():
     assert old_toggle.comm is not None
     Gate("stop", QUESTIONS, {"recent_backup": "yes"}).show()  # the cell is run again
     assert old_toggle.comm is None, "stale answers must not stay in the saved widget state"
+
+
+# --- a closed gate stops the change itself, not only the cell order ------------------------
+
+
+def test_a_step_that_changes_the_database_refuses_while_a_gate_of_its_run_is_closed(demo_db):
+    """In JupyterLab, Run All can still start a cell queued behind a failed gate.check()
+    (the kernel aborts only what it has already received). The change must refuse itself."""
+    from playbook import demo_app, sequences
+    from playbook.names import QualifiedName
+    from playbook.runs import begin_run
+
+    with demo_db.connect() as conn:
+        demo_app.break_application(conn, "sequence-behind")
+    before = demo_db.fingerprint()
+    run = begin_run("10_rollback_sequence", mode="execute", confirm_database=demo_db.name)
+    with run.connect() as conn:
+        diagnosis = sequences.diagnose(conn, QualifiedName("public", "sponsor_connections"), "id")
+    gate = sequences.sequence_gate({"issue_confirmed": "yes", "team_notified": "no"}, diagnosis)
+    assert run.gates == [gate]
+    with pytest.raises(GateClosed, match="team_notified"):
+        sequences.run_rollback(run, diagnosis)  # gate.check() was skipped, as in the race
+    assert demo_db.fingerprint() == before
+
+    sequences.sequence_gate({"issue_confirmed": "yes", "team_notified": "yes"}, diagnosis)
+    assert len(run.gates) == 1, "re-running the gate's cell replaces the earlier gate"
+    outcome = sequences.run_rollback(run, diagnosis)
+    assert demo_db.fingerprint() != before, outcome
+
+
+def test_the_lab_kernel_aborts_cells_queued_behind_an_error(tmp_path):
+    import json
+
+    from playbook.cli.lab import prepare_lab_home
+
+    prepare_lab_home(tmp_path)
+    spec = json.loads(next(tmp_path.rglob("kernel.json")).read_text())
+    assert "--IPythonKernel.stop_on_error_timeout=3" in spec["argv"]

@@ -644,6 +644,7 @@ def rollback(run, migration: Migration, export_dir: Path,
         return pd.DataFrame([{"check": "review mode: nothing was dropped", "result": "",
                               "observed": f"{len(plan.statements)} statements would run",
                               "expected": "mode='execute' to perform"}])
+    run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:drop") as conn:
         result = perform_drop(conn, migration, export_dir, include_dependents,
                               lock_timeout=lock_timeout)

@@ -69,6 +69,28 @@ def normalise_answer(question_id: str, value: object) -> str | None:
 
 _SHOWN: dict[str, object] = {}
 
+# The gates of the notebook run in progress (set by runs.begin_run). Steps that change the
+# database ask them again (require_open_gates): in JupyterLab, "Run All" can still start a
+# cell queued behind a failed gate.check() when the kernel receives it late, so a closed
+# gate must stop the change itself, not only the cell order.
+_RUN_GATES: list[Gate] | None = None
+
+
+def start_run_gates() -> list:
+    """A fresh list of gates for a new notebook run; returned for the Run to keep."""
+    global _RUN_GATES
+    _RUN_GATES = []
+    return _RUN_GATES
+
+
+def require_open_gates(gates: list | None) -> None:
+    """Raise GateClosed if any gate of this run is closed now (current widget answers and
+    checks). Called by every step that changes the database, before it connects."""
+    for gate in gates or []:
+        failing = gate.failing()
+        if failing:
+            raise GateClosed(failing, gate=gate.name)
+
 
 def display_replacing(key: str, box) -> None:
     """Display ``box`` and close the widgets shown earlier under ``key`` in this kernel.
@@ -122,6 +144,10 @@ class Gate:
             if qid in self.questions
         }
         self._widgets: dict = {}
+        if _RUN_GATES is not None:
+            # A gate re-created by re-running its cell replaces the earlier one.
+            _RUN_GATES[:] = [g for g in _RUN_GATES if g.name != self.name]
+            _RUN_GATES.append(self)
 
     def verify(self, question_id: str, passed: bool, evidence: str) -> None:
         """Attach a check's result to a question (the widget shows both)."""

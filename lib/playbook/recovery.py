@@ -468,5 +468,6 @@ def recover(run, migration: Migration, folder: Path,
     if not run.executing:
         return pd.DataFrame([{"check": "review mode: nothing was re-applied", "result": "",
                               "observed": "", "expected": "mode='execute' to perform"}])
+    run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recover") as conn:
         return perform_recovery(conn, migration, folder, lock_timeout=lock_timeout).table()

@@ -622,6 +622,7 @@ def repair_step(job: SurgicalRestore) -> pd.DataFrame:
         return pd.DataFrame([("review mode", "nothing was changed; the statements above are "
                               "what execute mode runs")], columns=["", "value"]).set_index("")
     job.plan.require_allowed()
+    job.run.require_open_gates()
     with job.scratch_connection() as scratch, job.run.connect(purpose="31_restore_tables") as live:
         job.result = execute_repair(scratch, live, job.plan)
     return job.result.table()

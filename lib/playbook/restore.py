@@ -726,6 +726,8 @@ def restore_for_run(run, plan: RestorePlan, checklist=None) -> RestoreResult:
         if run.executing:
             checklist.require_done()
         return RestoreResult(plan, executed=False)
+    if run.executing:
+        run.require_open_gates()
     return restore_database(plan, execute=run.executing)
 
 
@@ -802,6 +804,8 @@ def reimport_for_run(run, plan: RestorePlan, export_dir: str, *, enabled: bool
                      ) -> pd.DataFrame:
     """Review (always) and, when executing with ``enabled``, re-insert the rows
     written after the backup."""
+    if run.executing and enabled:
+        run.require_open_gates()
     with run.connect() as conn:
         return reimport_rows(conn, export_folder(run, export_dir),
                              execute=run.executing and enabled)

@@ -22,7 +22,7 @@ import psycopg
 
 from . import connecting
 from .errors import ConfigurationError
-from .gates import confirm_target, require_mode
+from .gates import confirm_target, require_mode, require_open_gates, start_run_gates
 
 
 @dataclass
@@ -40,6 +40,12 @@ class Run:
     incident_id: str
     operator: str
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    gates: list = field(default_factory=list, repr=False)
+
+    def require_open_gates(self) -> None:
+        """Every gate of this run must be open now; called by each step that changes the
+        database (see gates.require_open_gates)."""
+        require_open_gates(self.gates)
 
     @property
     def executing(self) -> bool:
@@ -112,4 +118,5 @@ def begin_run(
         answers=dict(answers),
         incident_id=incident_id,
         operator=operator,
+        gates=start_run_gates(),
     )

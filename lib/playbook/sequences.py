@@ -342,6 +342,7 @@ def run_rollback(run: Run, diagnosis: SequenceDiagnosis) -> RollbackOutcome:
                                "review mode: nothing was changed; execute mode would run the "
                                "statements below" if plan.steps else
                                "review mode: nothing to do, nothing was changed")
+    run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:rollback") as conn, translated_errors():
         with conn.transaction():
             _begin_change(conn, diagnosis.target)
@@ -540,6 +541,7 @@ def recover_sequence(run: Run, diagnosis: SequenceDiagnosis, *,
             "changed.",
             next_step="run recovery with the change set's own table and column.",
         )
+    run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recovery") as conn, translated_errors():
         with conn.transaction():
             _begin_change(conn, change_set.table)
