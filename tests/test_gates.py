@@ -129,11 +129,15 @@ def test_a_step_that_changes_the_database_refuses_while_a_gate_of_its_run_is_clo
     assert demo_db.fingerprint() != before, outcome
 
 
-def test_the_lab_kernel_aborts_cells_queued_behind_an_error(tmp_path):
-    import json
 
-    from playbook.cli.lab import prepare_lab_home
+def test_the_coaching_export_refuses_while_the_stop_gate_is_closed(demo_db, tmp_path):
+    from playbook import drops
+    from playbook.migrations import load_migration
+    from playbook.runs import begin_run
 
-    prepare_lab_home(tmp_path)
-    spec = json.loads(next(tmp_path.rglob("kernel.json")).read_text())
-    assert "--IPythonKernel.stop_on_error_timeout=3" in spec["argv"]
+    run = begin_run("20_rollback_coaching_tables", mode="execute", confirm_database=demo_db.name)
+    change_set = load_migration("coaching_tables")
+    drops.rollback_gate(run, change_set, tmp_path / "exports")  # nothing answered
+    with pytest.raises(GateClosed, match="recent_backup: unanswered"):
+        drops.export_migration_data(run, change_set, tmp_path / "exports", show_progress=False)
+    assert not (tmp_path / "exports").exists()

@@ -323,7 +323,8 @@ def export_migration_data(run, migration: Migration, export_dir: Path,
                           *, archive: bool = True, show_progress: bool = True) -> pd.DataFrame:
     """Step 1: every table of the migration to CSV with rows and SHA-256 in manifest.json
     (one snapshot), plus a pg_dump custom-format archive of the tables. Read-only for the
-    database; writes only into ``export_dir``."""
+    database; writes only into ``export_dir``. Runs only while the run's gates are open."""
+    run.require_open_gates()
     export_dir = Path(export_dir)
     with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
         inventory = find_in_database(conn, migration, count_rows=False)

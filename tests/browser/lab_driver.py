@@ -180,6 +180,15 @@ class LabPage:
         prompt = cell.locator(".jp-InputPrompt").first.inner_text()
         return any(ch.isdigit() for ch in prompt)
 
+    def held_by_the_gate(self, cell: Locator) -> bool:
+        """True when ``cell`` did not do its work: never run, or it refused itself with
+        GateClosed. (With ipykernel 7, Run All can still start a cell queued behind a
+        failed gate.check() when the kernel receives it late; the playbook's steps then
+        stop themselves.)"""
+        if not self.executed(cell):
+            return True
+        return "GateClosed" in cell.locator(".jp-OutputArea").inner_text()
+
     def screenshot(self, name: str, focus: Locator | None = None) -> Path:
         """Save a screenshot (``focus`` scrolled into view first) into the test's folder."""
         self._shots += 1

@@ -39,7 +39,7 @@ def test_coaching_rollback_stops_on_a_no_and_reviews_on_all_yes_in_the_browser(
     export = lab.code_cell("drops.export_migration_data(")
     unanswered = "\n".join(lab.errors())
     assert "GateClosed" in unanswered and "recent_backup: unanswered" in unanswered
-    assert not lab.executed(export)
+    assert lab.held_by_the_gate(export)
     lab.screenshot("stop-questions-rendered", focus=lab.code_cell("gate.show()"))
 
     for qid in STOP:
@@ -48,7 +48,7 @@ def test_coaching_rollback_stops_on_a_no_and_reviews_on_all_yes_in_the_browser(
     stopped = "\n".join(lab.errors())
     assert "team_notified: answered NO" in stopped
     assert "recent_backup" not in stopped
-    assert not lab.executed(export), "the run went past a NO"
+    assert lab.held_by_the_gate(export), "the run went past a NO"
     lab.screenshot("stopped-by-team-notified-no", focus=check)
 
     lab.answer("team_notified", "YES")

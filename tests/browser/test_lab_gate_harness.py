@@ -31,6 +31,8 @@ def _write_gate_notebook(folder: Path, show: str = "gate.show();") -> Path:
         nbformat.v4.new_code_cell("gate.check()"),
         nbformat.v4.new_code_cell(
             "import pandas as pd\n"
+            "from playbook.gates import require_open_gates\n"
+            "require_open_gates([gate])  # a step stops itself while its gate is closed\n"
             "pd.DataFrame({'table': ['sponsor_connections'], 'rows_to_lose': [12]})"),
     ]
     path = folder / "gate_harness.ipynb"
@@ -48,7 +50,7 @@ def test_gate_answered_in_the_browser_stops_on_no_and_opens_on_yes(lab):
     assert "backup_exists: unanswered" in unanswered and "team_notified: unanswered" in unanswered
     check = lab.code_cell("gate.check()")
     review = lab.code_cell("pd.DataFrame")
-    assert not lab.executed(review), "the run went past a closed gate"
+    assert lab.held_by_the_gate(review), "the run went past a closed gate"
     lab.screenshot("gate-unanswered", focus=check)
 
     lab.answer("backup_exists", "YES")
@@ -57,7 +59,7 @@ def test_gate_answered_in_the_browser_stops_on_no_and_opens_on_yes(lab):
     stopped = "\n".join(lab.errors())
     assert "team_notified: answered NO" in stopped
     assert "backup_exists" not in stopped
-    assert not lab.executed(review)
+    assert lab.held_by_the_gate(review)
     assert lab.tables().count() == 0
     lab.screenshot("gate-closed-by-no", focus=check)
 

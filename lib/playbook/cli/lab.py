@@ -119,10 +119,7 @@ def prepare_lab_home(root: Path) -> LabHome:
     kernel_dir = home.data / "kernels" / KERNEL_NAME
     kernel_dir.mkdir(parents=True, exist_ok=True)
     (kernel_dir / "kernel.json").write_text(json.dumps({
-        # After an error, abort the cells queued behind it for 3 s, not 0: with "Run All",
-        # a cell sent just after a failed gate.check() would otherwise still run.
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPythonKernel.stop_on_error_timeout=3"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (rollback playbook)",
         "language": "python",
         "metadata": {"debugger": True},
