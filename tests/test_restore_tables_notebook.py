@@ -11,7 +11,7 @@ import pytest
 
 from notebook_runs import NOTEBOOKS, run_notebook, shipped_parameters
 from playbook import backups
-from surgical_helpers import DAMAGED, damage, rows_by_id, supabase_plain_dump
+from surgical_helpers import DAMAGED, damage, rows_by_id, supabase_plain_dump, supabase_trio
 
 
 def _execute_parameters(demo_db, backup_file, tmp_path) -> dict:
@@ -39,14 +39,16 @@ def scratch_server(pg_cluster, monkeypatch):
     return pg_cluster.admin_url
 
 
-@pytest.mark.parametrize("backup_shape", ["pg_dump", "supabase_plain"])
+@pytest.mark.parametrize("backup_shape", ["pg_dump", "supabase_plain", "supabase_trio"])
 def test_headless_repair_brings_back_deleted_and_changed_rows_and_keeps_new_ones(
         demo_db, scratch_server, tmp_path, backup_shape):
     before = {t: rows_by_id(demo_db.url, t) for t in DAMAGED}
     if backup_shape == "pg_dump":
         backup_file = backups.take_backup(demo_db.url, tmp_path / "backups").path
-    else:
+    elif backup_shape == "supabase_plain":
         backup_file = supabase_plain_dump(demo_db.url, demo_db.major, tmp_path / "supabase")
+    else:  # the folder holding roles.sql, schema.sql and data.sql (`supabase db dump`)
+        backup_file = supabase_trio(demo_db.url, demo_db.major, tmp_path / "trio")
     new_rows = damage(demo_db.url)
     run = run_notebook("31_restore_tables", tmp_path / "run",
                        _execute_parameters(demo_db, backup_file, tmp_path))
