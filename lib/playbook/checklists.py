@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigurationError, PreconditionFailed
-from .gates import YES, display_replacing, normalise_answer
+from .gates import YES, display_replacing, normalise_answer, require_answer_mapping
 
 RECORD_KEY = "playbook_checklist"
 OPERATOR, PLAYBOOK = "operator", "playbook"
@@ -140,14 +140,7 @@ def answers_for(name: str, answers: Mapping[str, object] | None) -> dict[str, bo
             f"There is no checklist {name!r}. Nothing was changed.",
             next_step=f"use one of {', '.join(CHECKLISTS)}.",
         )
-    if answers is None:
-        answers = {}
-    if not isinstance(answers, Mapping):
-        raise ConfigurationError(
-            f"checklist_answers must be a mapping of item id to yes/no, got "
-            f"{type(answers).__name__}. Nothing was changed.",
-            next_step="see the notebook's parameters file for the item ids.",
-        )
+    answers = require_answer_mapping(answers, "checklist_answers", "item id")
     owner = _item_owner()
     unknown = [key for key in answers if key not in owner and key not in CHECKLISTS]
     for key, value in answers.items():

@@ -50,6 +50,20 @@ def confirm_target(current_database: str, mode: str, confirm_database: str) -> N
         )
 
 
+def require_answer_mapping(answers: object, name: str = "answers",
+                           what: str = "question id") -> Mapping:
+    """``answers`` as a mapping ({} for None); ConfigurationError for anything else."""
+    if answers is None:
+        return {}
+    if not isinstance(answers, Mapping):
+        raise ConfigurationError(
+            f"{name} must be a mapping of {what} to 'yes'/'no', got "
+            f"{type(answers).__name__}. Nothing was changed.",
+            next_step=f"see the notebook's parameters file for the {what}s.",
+        )
+    return answers
+
+
 def normalise_answer(question_id: str, value: object) -> str | None:
     """'yes', 'no' or None (unanswered). YAML's bare yes/no arrive as booleans."""
     if value is None or value == "":
@@ -131,12 +145,7 @@ class Gate:
     verifications: dict[str, Verification] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.answers, Mapping):
-            raise ConfigurationError(
-                f"answers must be a mapping of question id to 'yes'/'no', got "
-                f"{type(self.answers).__name__}.",
-                next_step="see the parameters file shipped with the notebook.",
-            )
+        self.answers = require_answer_mapping(self.answers)
         # A typo in a question id must not silently leave a question unanswered.
         self._given = {
             qid: normalise_answer(qid, value)

@@ -21,8 +21,13 @@ import pandas as pd
 import psycopg
 
 from . import connecting
-from .errors import ConfigurationError
-from .gates import confirm_target, require_mode, require_open_gates, start_run_gates
+from .gates import (
+    confirm_target,
+    require_answer_mapping,
+    require_mode,
+    require_open_gates,
+    start_run_gates,
+)
 
 
 @dataclass
@@ -93,14 +98,7 @@ def begin_run(
 ) -> Run:
     """Validate the common parameters and connect once, read-only, to identify the target."""
     require_mode(mode)
-    if answers is None:
-        answers = {}
-    if not isinstance(answers, Mapping):
-        raise ConfigurationError(
-            f"answers must be a mapping of question id to 'yes'/'no', got "
-            f"{type(answers).__name__}. Nothing was changed.",
-            next_step="see the notebook's parameters file for the question ids.",
-        )
+    answers = require_answer_mapping(answers)
     url = connecting.database_url(database_url_env)
     if mode == "execute":
         connecting.require_session_connection(url)

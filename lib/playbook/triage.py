@@ -32,7 +32,7 @@ import yaml
 from psycopg import sql
 
 from .errors import ConfigurationError, ObjectNotFound
-from .gates import NO, YES, display_replacing, normalise_answer
+from .gates import NO, YES, display_replacing, normalise_answer, require_answer_mapping
 from .migration_objects import migration_objects
 from .migrations import MIGRATIONS_DIR, load_migration
 from .names import QualifiedName, parse_table_name, table_exists
@@ -304,12 +304,7 @@ class TriageQuestions:
     """The decision tree's questions as YES/NO widgets, pre-filled from ``answers``."""
 
     def __init__(self, answers: Mapping[str, object] | None, evidence: Evidence) -> None:
-        answers = answers or {}
-        if not isinstance(answers, Mapping):
-            raise ConfigurationError(
-                f"answers must be a mapping of question id to yes/no, got "
-                f"{type(answers).__name__}. Nothing was changed.",
-                next_step=f"the triage questions are {', '.join(QUESTIONS)}.")
+        answers = require_answer_mapping(answers or None)
         unknown = sorted(set(answers) - set(QUESTIONS))
         if unknown:
             raise ConfigurationError(
