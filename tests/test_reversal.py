@@ -20,6 +20,8 @@ from catalog_description import describe_schema, differences
 from playbook import localdb
 from playbook.errors import DependentObjectsExist, PreconditionFailed
 from playbook.reversal import plan as reversal
+from playbook.reversal.data import data_at_stake
+from playbook.reversal.rollback import recover_migration, roll_back_migration
 from playbook.reversal.shadow import apply_sql, build_shadow, read_migrations_folder
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -147,3 +149,169 @@ def test_a_migration_that_changes_no_schema_is_refused_in_review(pg_cluster, dat
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         with pytest.raises(PreconditionFailed, match="no schema change to reverse"):
             reversal.plan_reversal(live, states, folder, target)
+
+
+# --- the data: exported before the reversal, back after the recovery --------------------
+
+SUPABASE_HISTORY_TABLE = """
+create schema if not exists supabase_migrations;
+create table if not exists supabase_migrations.schema_migrations (
+  version text primary key, statements text[], name text);
+"""
+
+
+def _history(conn, folder) -> None:
+    conn.execute(SUPABASE_HISTORY_TABLE)
+    for item in folder.files:
+        conn.execute("insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
+                     (item.version, [item.sql()], item.name))
+
+
+def _chat_rows(conn) -> None:
+    """A week of a chat app: users (their profiles made by the trigger), rooms (one seeded
+    room renamed, the other deleted), messages replying to later ones, reactions."""
+    conn.execute("""
+        insert into auth.users (id, email, raw_user_meta_data)
+        select ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
+               'user' || g || '@example.test', jsonb_build_object('full_name', 'User ' || g)
+        from generate_series(1, 40) g;
+        update public.rooms set title = 'General chat' where slug = 'general';
+        delete from public.rooms where slug = 'random';
+        insert into public.rooms (slug, title) select 'room-' || g, 'Room ' || g
+        from generate_series(1, 5) g;
+        insert into public.messages (room_id, author_id, kind, body, sent_at)
+        select (select id from public.rooms order by id offset (g % 3) limit 1),
+               ('00000000-0000-0000-0000-' || lpad((1 + g % 40)::text, 12, '0'))::uuid,
+               (array['text', 'image', 'system'])[1 + g % 3]::public.message_kind,
+               repeat('x', g % 50) || ' message ' || g, timestamptz '2024-05-01' + g * interval '1 minute'
+        from generate_series(1, 500) g;
+    """)
+
+
+def _checksums(conn, queries: dict[str, str]) -> dict[str, str]:
+    return {name: conn.execute(f"select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) "  # noqa: S608
+                               f"from ({query}) r").fetchone()[0]
+            for name, query in queries.items()}
+
+
+@pytest.mark.both_versions
+def test_replies_and_reactions_roll_back_and_come_back_row_for_row(pg_cluster, databases,
+                                                                    tmp_path):
+    folder = read_migrations_folder(CORPUS / "chat")
+    target = folder.find("20240320090000")
+    live = databases(folder.up_to(target.version))
+    _history(live, folder)
+    _chat_rows(live)
+    live.execute("""
+        update public.messages set reply_to = id + 7 where id % 5 = 0 and id < 490;
+        update public.profiles set avatar_url = 'https://img.test/' || id where random() < 2;
+        insert into public.reactions (message_id, user_id, emoji)
+        select m.id, m.author_id, e from public.messages m, unnest(array['+1', 'eyes']) e
+        where m.id % 4 = 0;
+    """)
+    live.commit()
+    watched = {
+        "reactions": "select message_id, user_id, emoji, created_at from public.reactions",
+        "replies": "select id, reply_to from public.messages",
+        "avatars": "select id, avatar_url, display_name from public.profiles",
+        "messages": "select id, room_id, author_id, kind, body, body_chars, sent_at "
+                    "from public.messages",
+    }
+    before = _checksums(live, watched)
+    schema_after = describe_schema(live)
+    schema_before = describe_schema(databases(folder.before(target.version)))
+    export_dir = tmp_path / "export"
+
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        plan = reversal.plan_reversal(live, states, folder, target)
+        stake = data_at_stake(states.before, states.after)
+        live.rollback()
+        assert [str(t) for t in stake.created_tables] == ["public.reactions"]
+        assert {str(t): c for t, c in stake.added_columns.items()} == {
+            "public.messages": ["reply_to"], "public.profiles": ["avatar_url"]}
+        assert stake.dropped_by_migration == ["public.profiles.bio"]
+        assert plan.history_versions == [target.version]
+        result = roll_back_migration(live, plan, states, stake, export_dir)
+
+    assert result.history_removed
+    assert differences(describe_schema(live), schema_before) == {}
+    assert live.execute("select count(*) from supabase_migrations.schema_migrations "
+                        "where version = %s", (target.version,)).fetchone()[0] == 0
+    exported_reactions = live.execute("select count(*) from public.messages "
+                                      "where id % 4 = 0").fetchone()[0] * 2
+    assert result.exported["public.reactions"] == exported_reactions
+    # What the migration dropped comes back, empty: only a backup has it.
+    assert live.execute("select count(*) from public.profiles where bio is not null"
+                        ).fetchone()[0] == 0
+
+    live.rollback()
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        recovered = recover_migration(live, target, states, export_dir)
+    assert recovered.history_restored
+    assert differences(describe_schema(live), schema_after) == {}
+    assert _checksums(live, watched) == before
+    assert live.execute("select count(*) from supabase_migrations.schema_migrations "
+                        "where version = %s", (target.version,)).fetchone()[0] == 1
+
+
+@pytest.mark.both_versions
+def test_rooms_and_messages_come_back_with_generated_columns_and_without_the_seeds(
+        pg_cluster, databases, tmp_path):
+    folder = read_migrations_folder(CORPUS / "chat")
+    target = folder.find("20240215120000")
+    live = databases(folder.up_to(target.version))
+    _chat_rows(live)
+    live.commit()
+    watched = {"rooms": "select id, slug, title, created_at from public.rooms",
+               "messages": "select * from public.messages"}
+    before = _checksums(live, watched)
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        plan = reversal.plan_reversal(live, states, folder, target)
+        stake = data_at_stake(states.before, states.after)
+        live.rollback()
+        roll_back_migration(live, plan, states, stake, tmp_path / "export")
+    assert live.execute("select to_regclass('public.messages')").fetchone()[0] is None
+    assert live.execute("select count(*) from pg_publication_rel").fetchone()[0] == 0
+    live.rollback()
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        recover_migration(live, target, states, tmp_path / "export")
+    assert _checksums(live, watched) == before
+    # The seeded room the application deleted did not come back with the re-applied seeds.
+    assert live.execute("select count(*) from public.rooms where slug = 'random'"
+                        ).fetchone()[0] == 0
+    # Identity continues after the highest id, so the next message does not collide.
+    live.execute("insert into public.messages (room_id, author_id, body) "
+                 "select min(id), '00000000-0000-0000-0000-000000000001', 'hello again' "
+                 "from public.rooms")
+    live.rollback()
+
+
+@pytest.mark.both_versions
+def test_partitioned_usage_events_are_exported_once_and_come_back(pg_cluster, databases,
+                                                                   tmp_path):
+    folder = read_migrations_folder(CORPUS / "billing")
+    target = folder.find("20240105080000")
+    live = databases(folder.up_to(target.version))
+    live.execute("""
+        insert into auth.users (id, email) values
+          ('00000000-0000-0000-0000-000000000001', 'a@example.test');
+        insert into billing.usage_events (user_id, quantity, recorded_at)
+        select '00000000-0000-0000-0000-000000000001', g, timestamptz '2024-06-01' + g * interval '3 days'
+        from generate_series(1, 300) g;
+    """)
+    live.commit()
+    watched = {"usage": "select * from billing.usage_events",
+               "per_partition": "select tableoid::regclass::text, count(*) "
+                                "from billing.usage_events group by 1",
+               "plans": "select * from billing.plans"}
+    before = _checksums(live, watched)
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        plan = reversal.plan_reversal(live, states, folder, target)
+        stake = data_at_stake(states.before, states.after)
+        live.rollback()
+        result = roll_back_migration(live, plan, states, stake, tmp_path / "export")
+    assert result.exported["billing.usage_events"] == 300
+    assert "billing.usage_events_2024" not in result.exported
+    with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
+        recover_migration(live, target, states, tmp_path / "export")
+    assert _checksums(live, watched) == before

@@ -1,0 +1,152 @@
+"""Roll back one migration and recover it, each in one transaction on live.
+
+Rollback: the playbook's advisory lock; ``lock_timeout``; EXCLUSIVE locks on every table at
+stake (reads go on, writes wait), so the export taken next holds every committed write; the
+export; the Supabase migration-history row set aside; the reverse plan; the schema proof;
+the manifest written; COMMIT.
+
+Recovery: the export proven sound; the migration re-applied; the exported rows put back
+(seeded rows replaced, generated columns recomputed, sequences moved past the highest id)
+and proven equal to the export; the schema proven equal to the state right after the
+migration (less the drift live had); the history row put back; COMMIT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from ..errors import ExportMismatch, PreconditionFailed, VerificationFailed
+from ..exports import ExportedFile, export_query, require_sound_export, write_manifest
+from ..locks import take_playbook_lock
+from ..names import QualifiedName
+from ..recovery import set_owned_sequences
+from .data import DataAtStake, export_at_stake, lock_against_writes, restore_at_stake
+from .plan import ReversePlan, ShadowStates, perform_reversal
+from .schema_diff import schema_plan
+from .shadow import MigrationFile, apply_sql
+
+HISTORY_FILE = "supabase_migrations.schema_migrations.csv"
+HISTORY = QualifiedName("supabase_migrations", "schema_migrations")
+
+
+def lock_scope(target: MigrationFile) -> str:
+    return f"migration:{target.version}"
+
+
+def repair_command(version: str, status: str) -> str:
+    """The Supabase CLI command that records the same change in its own history."""
+    return f"supabase migration repair --status {status} {version}"
+
+
+@dataclass
+class RollbackResult:
+    statements: list[str]
+    export_dir: Path
+    exported: dict[str, int] = field(default_factory=dict)
+    history_removed: bool = False
+
+    def table(self) -> pd.DataFrame:
+        rows = [("reverse plan statements run", len(self.statements)),
+                ("export folder", str(self.export_dir))]
+        rows += [(f"rows exported from {t}", n) for t, n in self.exported.items()]
+        rows.append(("Supabase history row removed", "yes" if self.history_removed else "no"))
+        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _set_limits(conn: psycopg.Connection, lock_timeout: str) -> None:
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+    # Exports and DDL of a large table may take minutes: the lock waits are what
+    # lock_timeout bounds; the statements themselves are not cut short.
+    conn.execute("SELECT set_config('statement_timeout', '0', true)")
+
+
+def _require_idle(conn: psycopg.Connection) -> None:
+    """The change must be its own transaction: inside another one it would be a savepoint
+    that nothing commits."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise PreconditionFailed(
+            "The session is inside a transaction, so the change could not commit on its own. "
+            "Nothing was changed.",
+            next_step="commit or roll back the session's transaction first.")
+
+
+def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: ShadowStates,
+                        stake: DataAtStake, export_dir: Path, *,
+                        lock_timeout: str = "2s") -> RollbackResult:
+    """Export what the reversal destroys and reverse the migration, all or nothing."""
+    plan.require_newest()
+    export_dir = Path(export_dir)
+    result = RollbackResult(statements=[], export_dir=export_dir)
+    _require_idle(conn)
+    with conn.transaction():
+        _set_limits(conn, lock_timeout)
+        take_playbook_lock(conn, lock_scope(plan.migration))
+        lock_against_writes(conn, stake.tables_to_export)
+        manifest = export_at_stake(conn, stake, export_dir,
+                                   purpose=f"rollback of {plan.migration.label}")
+        manifest.extra.update(migration=plan.migration.label, drift=plan.drift)
+        if plan.history_versions:
+            rows, size, digest = export_query(conn, sql.SQL(
+                "SELECT * FROM supabase_migrations.schema_migrations WHERE version = {}"
+            ).format(sql.Literal(plan.migration.version)), export_dir / HISTORY_FILE)
+            manifest.files.append(ExportedFile(str(HISTORY), HISTORY.schema, HISTORY.name,
+                                               HISTORY_FILE, rows, size, digest))
+            conn.execute("DELETE FROM supabase_migrations.schema_migrations WHERE version = %s",
+                         (plan.migration.version,))
+            result.history_removed = True
+        result.statements = perform_reversal(conn, plan, states)
+        write_manifest(export_dir, manifest)
+        result.exported = {f.table: f.rows for f in manifest.files}
+    return result
+
+
+@dataclass
+class RecoveryResult:
+    restored: dict[str, int]
+    sequences: dict[str, int]
+    history_restored: bool
+
+    def table(self) -> pd.DataFrame:
+        rows = [(f"rows back in {t} (equal to the export)", n) for t, n in self.restored.items()]
+        rows += [(f"sequence {s} next value", v) for s, v in self.sequences.items()]
+        rows.append(("Supabase history row restored", "yes" if self.history_restored else "no"))
+        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def recover_migration(conn: psycopg.Connection, target: MigrationFile, states: ShadowStates,
+                      export_dir: Path, *, lock_timeout: str = "2s") -> RecoveryResult:
+    """Re-apply ``target`` and put back what its rollback exported, all or nothing."""
+    manifest = require_sound_export(Path(export_dir))
+    if manifest.extra.get("migration") != target.label:
+        raise ExportMismatch(
+            f"The export in {export_dir} belongs to {manifest.extra.get('migration')!r}, not "
+            f"{target.label}. Nothing was changed.",
+            next_step="pass the export folder written by this migration's rollback.")
+    _require_idle(conn)
+    with conn.transaction():
+        _set_limits(conn, lock_timeout)
+        take_playbook_lock(conn, lock_scope(target))
+        apply_sql(conn, target.sql(), label=target.label)
+        restored = restore_at_stake(conn, manifest, Path(export_dir))
+        sequences: dict[str, int] = {}
+        for name in manifest.extra["created_tables"]:
+            sequences.update(set_owned_sequences(conn, QualifiedName(*name.split(".", 1))))
+        residual = schema_plan(conn, states.after).statements
+        if residual != manifest.extra.get("drift", []):
+            raise VerificationFailed(
+                f"After re-applying {target.label}, live differs from the state right after "
+                f"the migration by more than its drift ({'; '.join(residual[:3])[:300]}). The "
+                "transaction is rolled back: nothing was changed.",
+                next_step="compare the migration file with the one that was rolled back.")
+        history = any(f.table == str(HISTORY) for f in manifest.files)
+        if history:
+            with conn.cursor() as cur, open(Path(export_dir) / HISTORY_FILE, "rb") as handle:
+                with cur.copy("COPY supabase_migrations.schema_migrations FROM STDIN "
+                              "WITH (FORMAT csv, HEADER)") as copying:
+                    copying.write(handle.read())
+    return RecoveryResult(restored=restored, sequences=sequences, history_restored=history)
