@@ -183,14 +183,15 @@ def _chat_rows(conn) -> None:
         select (select id from public.rooms order by id offset (g % 3) limit 1),
                ('00000000-0000-0000-0000-' || lpad((1 + g % 40)::text, 12, '0'))::uuid,
                (array['text', 'image', 'system'])[1 + g % 3]::public.message_kind,
-               repeat('x', g % 50) || ' message ' || g, timestamptz '2024-05-01' + g * interval '1 minute'
+               repeat('x', g % 50) || ' message ' || g,
+               timestamptz '2024-05-01' + g * interval '1 minute'
         from generate_series(1, 500) g;
     """)
 
 
 def _checksums(conn, queries: dict[str, str]) -> dict[str, str]:
-    return {name: conn.execute(f"select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) "  # noqa: S608
-                               f"from ({query}) r").fetchone()[0]
+    digest = "select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) from ({}) r"
+    return {name: conn.execute(digest.format(query)).fetchone()[0]
             for name, query in queries.items()}
 
 
@@ -296,7 +297,8 @@ def test_partitioned_usage_events_are_exported_once_and_come_back(pg_cluster, da
         insert into auth.users (id, email) values
           ('00000000-0000-0000-0000-000000000001', 'a@example.test');
         insert into billing.usage_events (user_id, quantity, recorded_at)
-        select '00000000-0000-0000-0000-000000000001', g, timestamptz '2024-06-01' + g * interval '3 days'
+        select '00000000-0000-0000-0000-000000000001', g,
+               timestamptz '2024-06-01' + g * interval '3 days'
         from generate_series(1, 300) g;
     """)
     live.commit()
