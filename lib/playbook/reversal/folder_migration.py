@@ -1,0 +1,166 @@
+"""A migration of a project's migrations folder, as notebooks 20 and 21 roll it back and
+recover it: the same cells as for a change set, each step answered by the reverse plan.
+
+Every step rebuilds the two shadow databases on the scratch server (a second or two each)
+instead of keeping state between cells, so a cell re-run, or run alone, sees what is true
+now; they are dropped when the step ends.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..connecting import database_url
+from ..errors import ExportMismatch
+from ..exports import MANIFEST, read_manifest, require_sound_export, verify_files
+from . import plan as planning
+from .data import data_at_stake, export_at_stake
+from .rollback import recover_migration, repair_command, roll_back_migration
+from .shadow import MigrationFile, MigrationsFolder, read_migrations_folder
+
+
+def _scratch_admin_url(scratch_url_env: str) -> str:
+    """The server the shadow databases go to: the one ``scratch_url_env`` names, else the
+    embedded local cluster (started when needed). Never the target's own server."""
+    if scratch_url_env:
+        return database_url(scratch_url_env)
+    from ..supabase_dumps import scratch_server
+
+    return scratch_server()
+
+
+@dataclass
+class FolderMigration:
+    """One migration of a ``supabase/migrations`` folder."""
+
+    folder: MigrationsFolder
+    target: MigrationFile
+    scratch_url_env: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.target.path.stem
+
+    @property
+    def protected_tables(self) -> list:
+        return []
+
+    def table(self) -> pd.DataFrame:
+        rows = [
+            ("migration", self.target.label),
+            ("migrations folder", str(self.folder.path)),
+            ("state before it, from", f"the {len(self.folder.before(self.target.version))} "
+             "earlier migrations of the folder, applied to a Supabase-like base (shadow "
+             "database)"),
+            ("newer migrations in the folder",
+             ", ".join(f.label for f in self.folder.after(self.target.version)) or "none"),
+            ("scratch server", "the server in $" + self.scratch_url_env
+             if self.scratch_url_env else "the embedded local PostgreSQL"),
+        ]
+        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+    @contextmanager
+    def states(self):
+        with planning.shadow_states(_scratch_admin_url(self.scratch_url_env), self.folder,
+                                    self.target) as states:
+            yield states
+
+    # -- notebook 20 ---------------------------------------------------------------------
+
+    def review(self, run) -> tuple[planning.ReversePlan, pd.DataFrame]:
+        """(the reverse plan, the data at stake), read-only."""
+        with self.states() as states, run.connect(read_only=True) as live:
+            plan = planning.plan_reversal(live, states, self.folder, self.target)
+            stake = data_at_stake(states.before, states.after)
+        return plan, stake
+
+    def inventory_table(self, run) -> pd.DataFrame:
+        _plan, stake = self.review(run)
+        return stake.table()
+
+    def dependents_table(self, run) -> pd.DataFrame:
+        """The drift (shown, never touched) and the chain check (raises while newer
+        migrations are applied)."""
+        plan, _stake = self.review(run)
+        rows = [("drift: live differs from the state right after the migration", s)
+                for s in plan.drift]
+        rows += [(f"newer migration applied: {label}", ", ".join(objects))
+                 for label, objects in plan.newer_applied.items()]
+        plan.require_newest()
+        if not rows:
+            rows = [("(none)", "live is exactly the state right after the migration")]
+        return pd.DataFrame(rows, columns=["what", "detail"])
+
+    def plan_table(self, run) -> pd.DataFrame:
+        plan, _stake = self.review(run)
+        frame = plan.table()
+        if plan.history_versions:
+            frame.loc[len(frame) + 1] = (
+                f"DELETE FROM supabase_migrations.schema_migrations WHERE version = "
+                f"'{self.target.version}'  -- same as `{repair_command(self.target.version, 'reverted')}`")
+        return frame
+
+    def export_problems(self, export_dir: Path) -> list[str]:
+        problems = verify_files(export_dir, read_manifest(export_dir))
+        return problems
+
+    def export(self, run, export_dir: Path) -> pd.DataFrame:
+        """A first export of the data at stake (read-only); the rollback exports again
+        under its write-blocking locks, and that is the export the recovery uses."""
+        run.require_open_gates()
+        with self.states() as states, run.connect(read_only=True) as live:
+            stake = data_at_stake(states.before, states.after)
+            manifest = export_at_stake(live, stake, Path(export_dir) / "preview",
+                                       purpose=f"preview of the rollback of {self.target.label}")
+        return pd.DataFrame([{"table": f.table, "rows": f.rows, "sha256": f.sha256[:16]}
+                             for f in manifest.files])
+
+    def roll_back(self, run, export_dir: Path, *, lock_timeout: str) -> pd.DataFrame:
+        """Execute: the rollback in one transaction. Review: the plan that would run."""
+        with self.states() as states:
+            with run.connect(read_only=True) as live:
+                plan = planning.plan_reversal(live, states, self.folder, self.target)
+                stake = data_at_stake(states.before, states.after)
+            if not run.executing:
+                return plan.table()
+            run.require_open_gates()
+            with run.connect(read_only=False, purpose=f"{run.notebook}:drop") as live:
+                result = roll_back_migration(live, plan, states, stake, Path(export_dir),
+                                             lock_timeout=lock_timeout)
+        return result.table()
+
+    # -- notebook 21 ---------------------------------------------------------------------
+
+    def check_export(self, export_dir: Path) -> pd.DataFrame:
+        export_dir = Path(export_dir)
+        if not (export_dir / MANIFEST).exists():
+            raise ExportMismatch(
+                f"There is no export in {export_dir}. Nothing was changed.",
+                next_step="pass the export folder the rollback of this migration wrote.")
+        manifest = require_sound_export(export_dir)
+        return pd.DataFrame([{"table": f.table, "rows": f.rows, "sha256": f.sha256[:16]}
+                             for f in manifest.files])
+
+    def recover(self, run, export_dir: Path, *, lock_timeout: str) -> pd.DataFrame:
+        manifest = require_sound_export(Path(export_dir))
+        if not run.executing:
+            return pd.DataFrame(
+                [("re-apply", self.target.label)]
+                + [("put back rows of", f"{f.table} ({f.rows} rows)") for f in manifest.files],
+                columns=["step", "what"])
+        run.require_open_gates()
+        with self.states() as states, run.connect(read_only=False,
+                                                 purpose=f"{run.notebook}:recover") as live:
+            result = recover_migration(live, self.target, states, Path(export_dir),
+                                       lock_timeout=lock_timeout)
+        return result.table()
+
+
+def load_folder_migration(migrations_folder: str, migration: str,
+                          scratch_url_env: str = "") -> FolderMigration:
+    folder = read_migrations_folder(migrations_folder)
+    return FolderMigration(folder, folder.find(migration), scratch_url_env)
