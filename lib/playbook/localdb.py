@@ -4,7 +4,10 @@ A cluster lives in a project folder (``.playbook/clusters/<name>``), listens on
 127.0.0.1 only, and uses password authentication with a random password kept in the
 cluster's own state file (mode 0600). PostgreSQL refuses to run as root, so when we are
 root the server runs as an unprivileged system user (``postgres`` if it exists, else one
-we create), the way the pgserver wheel does it.
+we create), the way the pgserver wheel does it. That user cannot enter a project cloned
+into a private folder (``/root``, any 0700 folder): then the cluster's data and a mirror of
+the server's programs go into ``/tmp/playbook-<uid>/``, a folder only we own (0711: the
+server's user may pass through to what it is handed, nobody may list or add to it).
 
 When ``DATABASE_URL`` (or libpq's PG* variables) points at a server, that server is used
 and nothing here is started: see :func:`target_url`.
@@ -30,12 +33,14 @@ from psycopg import sql
 
 from . import connecting
 from .errors import LocalServerError
-from .pgbinaries import Bindir, server_bindir
+from .pgbinaries import Bindir, installed_copy, server_bindir
 
 DEFAULT_CLUSTER = "demo"
 DEFAULT_DATABASE = "playbook_demo"
 SUPERUSER = "postgres"
 RUN_AS_CANDIDATES = ("postgres", "playbook-pg")
+# Where a server run by another user keeps what it cannot reach in a private project.
+PRIVATE_PARENT = Path("/tmp")
 
 
 def playbook_home() -> Path:
@@ -60,7 +65,18 @@ class ClusterState:
         )
 
 
-def _free_port() -> int:
+# A cluster's port is chosen once, from its folder's name, below Linux's ephemeral range
+# (32768-60999), so outgoing connections never take it between restarts and an exported
+# DATABASE_URL stays right. Only when another program holds it does the port move.
+STABLE_PORTS = range(20000, 30000)
+
+
+def _stable_port(home: Path) -> int:
+    first = int(hashlib.sha256(str(home).encode()).hexdigest(), 16) % len(STABLE_PORTS)
+    for step in range(200):
+        port = STABLE_PORTS[(first + step) % len(STABLE_PORTS)]
+        if _port_is_free(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -92,6 +108,35 @@ def _others_can_traverse(path: Path) -> bool:
     return True
 
 
+def private_runtime_folder() -> Path:
+    """``/tmp/playbook-<uid>``: ours alone, mode 0711. Refused (one sentence, what to do)
+    when something else sits at that name: a symlink, another owner, a folder others may
+    write to."""
+    folder = PRIVATE_PARENT / f"playbook-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o711)
+    except FileExistsError:
+        pass
+    info = folder.lstat()
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+            or info.st_mode & 0o022):
+        raise LocalServerError(
+            f"{folder} exists but is not a private folder of this user (a symlink, another "
+            "owner, or writable by others), so the local server's files are not put there. "
+            "Nothing was started.",
+            next_step=f"remove {folder}, or clone the project into a folder every user may "
+            "pass through (e.g. /srv or /opt), then run again.")
+    folder.chmod(0o711)
+    return folder
+
+
+def reachable_bindir(bindir: Bindir, run_as: str | None) -> Bindir:
+    """``bindir``, or a mirror of its install the server's user ``run_as`` can reach."""
+    if run_as is None or _others_can_traverse(bindir.path):
+        return bindir
+    return installed_copy(bindir, private_runtime_folder())
+
+
 class LocalCluster:
     """One throwaway cluster: ``start``, ``stop``, ``status``, databases."""
 
@@ -101,6 +146,8 @@ class LocalCluster:
         self.home = (home or playbook_home()) / "clusters" / name
         self.state_file = self.home / "state.json"
         self.major = major
+        # Set by start() when the recorded port was taken and the cluster had to move.
+        self.moved_from_port: int | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -126,7 +173,16 @@ class LocalCluster:
             kwargs["user"] = state.run_as
             kwargs["group"] = pwd.getpwnam(state.run_as).pw_gid
             kwargs["env"] = {**os.environ, "HOME": kwargs["cwd"]}
-        result = subprocess.run([str(exe), *args], **kwargs)
+        try:
+            result = subprocess.run([str(exe), *args], **kwargs)
+        except OSError as exc:  # e.g. the server's user cannot reach the program
+            raise LocalServerError(
+                f"{program} could not be run for the local cluster '{self.name}' "
+                f"({exc.strerror}: {exc.filename or exe}"
+                f"{', as user ' + state.run_as if state.run_as else ''}). Nothing was started.",
+                next_step="clone the project into a folder every user may pass through (e.g. "
+                "/srv or /opt), or set DATABASE_URL to a server you already have.",
+            ) from None
         if check and result.returncode != 0:
             raise LocalServerError(
                 f"{program} {' '.join(args[:2])} failed for the local cluster '{self.name}': "
@@ -143,16 +199,22 @@ class LocalCluster:
         if run_as is None or _others_can_traverse(self.home.parent):
             return self.home
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"playbook-cluster-{self.name}-{digest}"
+        return private_runtime_folder() / f"cluster-{self.name}-{digest}"
 
     def _initialise(self) -> ClusterState:
-        bindir: Bindir = server_bindir(self.major)
         run_as = _run_as_user()
+        bindir: Bindir = reachable_bindir(server_bindir(self.major), run_as)
         root = self._data_root(run_as)
         root.mkdir(parents=True, exist_ok=True)
+        if root.is_symlink() or not root.is_dir():
+            raise LocalServerError(
+                f"{root} is not a folder; the local cluster is not created there.",
+                next_step=f"remove {root} and run again.")
+        if run_as:
+            root.chmod(0o700)
         pgdata = root / "data"
         password = secrets.token_urlsafe(18)
-        state = ClusterState(self.name, str(pgdata), _free_port(), password,
+        state = ClusterState(self.name, str(pgdata), _stable_port(self.home), password,
                              str(bindir.path), bindir.major, run_as)
         pwfile = root / "pwfile"
         pwfile.write_text(password + "\n")
@@ -165,6 +227,12 @@ class LocalCluster:
             self._run(state, "initdb", "-D", str(pgdata), "-U", SUPERUSER,
                       "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
                       "--locale=C", "--no-sync")
+        except LocalServerError:
+            if root != self.home:  # nothing of a cluster that never was stays in /tmp
+                import shutil
+
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         finally:
             pwfile.unlink(missing_ok=True)
         with open(pgdata / "postgresql.auto.conf", "a") as conf:
@@ -190,10 +258,15 @@ class LocalCluster:
         state = self.state()
         if state is None or not (Path(state.pgdata) / "PG_VERSION").exists():
             state = self._initialise()
+        elif not (Path(state.bindir) / "pg_ctl").exists():
+            # A mirror of the programs in /tmp was cleaned away (a reboot): make it again.
+            state.bindir = str(reachable_bindir(server_bindir(state.major), state.run_as).path)
+            self._write_state(state)
         if not self.is_running():
-            # The port may have been taken since the last start.
+            # The port may have been taken since the last start: then, and only then, move.
             if not _port_is_free(state.port):
-                state.port = _free_port()
+                self.moved_from_port = state.port
+                state.port = _stable_port(self.home)
                 self._write_state(state)
             log = Path(state.pgdata).parent / "server.log"
             self._run(state, "pg_ctl", "start", "-w", "-t", "60", "-D", state.pgdata,
@@ -243,7 +316,10 @@ class LocalCluster:
 
 
 def _port_is_free(port: int) -> bool:
+    """Free for a server to listen on: PostgreSQL binds with SO_REUSEADDR, so connections
+    of the last run lingering in TIME_WAIT do not count; another listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
             return True

@@ -7,6 +7,7 @@ Debian's ``/usr/lib/postgresql/<major>/bin``; ``pg_config --bindir`` on PATH.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -102,6 +103,61 @@ def server_bindir(major: int | None = None) -> Bindir:
         next_step="run `make install` (installs the pgserver wheel), or set PG_BINDIR to a "
         "folder holding initdb and postgres, or set DATABASE_URL to an existing server.",
     )
+
+
+# What a relocatable install (the pgserver wheel) needs beside ``bin`` to run a server.
+_INSTALL_PARTS = ("bin", "lib", "share")
+
+
+def installed_copy(bindir: Bindir, folder: Path) -> Bindir:
+    """``bindir``'s install (``bin``, ``lib``, ``share``) mirrored under ``folder``, for a
+    server user who cannot reach the original (the project's ``.venv`` under a 0700 home).
+
+    Files are hard-linked where the filesystem allows, else copied; the mirror is built
+    under a temporary name and renamed into place, so a half-built one is never used. It
+    is keyed by the original's path and its ``postgres`` binary, so an upgrade of the
+    wheel gets a fresh mirror."""
+    install = bindir.path.parent
+    postgres = (bindir.path / "postgres").stat()
+    key = f"{install}:{postgres.st_size}:{postgres.st_mtime_ns}"
+    target = folder / f"pg{bindir.major}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    # A wheel's programs find their shared libraries in auditwheel's ``<package>.libs``
+    # through a relative RPATH ($ORIGIN/../../../pgserver.libs): keep that layout.
+    package = install.parent
+    wheel_libs = package.parent / f"{package.name}.libs"
+    inside = Path(package.name, install.name) if wheel_libs.is_dir() else Path()
+    if not (target / inside / "bin" / "postgres").exists():
+        building = Path(f"{target}.building-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o755)
+        copies = [(install / part, building / inside / part) for part in _INSTALL_PARTS]
+        if wheel_libs.is_dir():
+            copies.append((wheel_libs, building / wheel_libs.name))
+        for source, destination in copies:
+            if source.is_dir():
+                shutil.copytree(source, destination, symlinks=True,
+                                copy_function=_link_or_copy)
+        for inner, _dirs, _files in os.walk(building):
+            os.chmod(inner, 0o755)
+        try:
+            building.rename(target)
+        except OSError:  # another start built it meanwhile
+            shutil.rmtree(building, ignore_errors=True)
+    return Bindir(target / inside / "bin", bindir.major)
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """Hard link when the file is already readable by everyone (a link shares its mode);
+    else a copy made readable (and executable, if it was) by the server's user."""
+    mode = os.stat(source).st_mode
+    if mode & 0o004:
+        try:
+            os.link(source, destination)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, destination)
+    os.chmod(destination, mode | 0o444 | (0o111 if mode & 0o100 else 0))
 
 
 def available_server_majors() -> list[int]:
