@@ -464,7 +464,8 @@ def read_plain(path: Path) -> backups.Backup:
     scan = scan_script(path)
     problem = "" if scan.complete else (
         "the script ends neither with pg_dump's 'dump complete' line nor with the "
-        "Supabase CLI's 'RESET ALL;': the file is cut short (an interrupted download or copy)")
+        "Supabase CLI's 'RESET ALL;': the file is truncated, cut short by an interrupted "
+        "download or copy")
     kept = [d for d in scan.databases if d not in SKIPPED_DATABASES]
     moment, source = taken_at(path, scan)
     return backups.Backup(
@@ -483,7 +484,8 @@ def read_trio(folder: Path) -> backups.Backup:
         server, tool = server or scan.server_version, tool or scan.tool_version
         if not scan.complete and name != "roles.sql":
             problems.append(f"{name} ends neither with 'RESET ALL;' (as supabase db dump "
-                            "writes it) nor with pg_dump's 'dump complete' line: it is cut short")
+                            "writes it) nor with pg_dump's 'dump complete' line: it is "
+                            "truncated (cut short)")
     moment, source = taken_at(folder / "data.sql", scans["data.sql"])
     return backups.Backup(
         KIND_SUPABASE_TRIO, folder, moment,
@@ -518,7 +520,10 @@ def read_any_backup(path: Path | str, kind: str = "auto") -> backups.Backup:
     if not backup.usable:
         raise BackupUnusable(
             f"The backup {path.name} cannot be used: {backup.problem}. Nothing was changed.",
-            next_step="download or take the backup again, or choose another one.")
+            next_step=("download or copy the backup again (the file on disk is cut short), "
+                       "or choose another one." if "truncated" in backup.problem else
+                       "choose another backup; this one's header cannot be read by this "
+                       "playbook's pg_restore."))
     return backup
 
 
