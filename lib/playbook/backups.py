@@ -51,6 +51,7 @@ class Backup:
     server_version: str = ""
     tool_version: str = ""
     problem: str = ""
+    taken_at_source: str = "written inside the archive"
 
     @property
     def usable(self) -> bool:
@@ -70,6 +71,7 @@ class Backup:
     def table(self) -> pd.DataFrame:
         row = self.as_row()
         row["folder"] = str(self.path.parent)
+        row["taken at: from"] = self.taken_at_source
         return pd.DataFrame(list(row.items()), columns=["", "value"]).set_index("")
 
 
@@ -207,6 +209,16 @@ def read_pg_dump_custom(path: Path) -> Backup:
         tool_version=header.get("Dumped by pg_dump version", ""),
         problem=problem,
     )
+
+
+def restore_error(stderr: str) -> str:
+    """pg_restore's real error: the ERROR line, the object it was restoring and the
+    statement, not only its last line (which is often just "Command was: ...")."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    picked = [line.removeprefix("pg_restore: ") for line in lines
+              if "ERROR:" in line or line.startswith(("pg_restore: from TOC entry",
+                                                      "Command was:"))]
+    return " | ".join(picked[:3])[:800] if picked else _last_line(stderr)
 
 
 def _last_line(text: str) -> str:
@@ -484,20 +496,24 @@ def scratch_server_url(scratch_url_env: str = "", target_url: str = "") -> str:
 
 
 def user_table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table (the verification's view of a database)."""
+    """Exact row counts of every user table that holds rows itself (the verification's
+    view of a database): partitions each on their own, partitioned parents left out."""
     from psycopg import sql
 
     tables = conn.execute(
         """
         SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
         ORDER BY 1, 2
         """
     ).fetchall()
+    # ONLY, and no partitioned parents: an archive holds a partition's rows in that
+    # partition's data block and none for the parent (every Supabase database has the
+    # partitioned realtime.messages), so each row is counted once, where the archive has it.
     return {
         str(QualifiedName(s, t)): conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(s, t))).fetchone()[0]
+            sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(s, t))).fetchone()[0]
         for s, t in tables
     }
 
@@ -541,8 +557,12 @@ def test_restore(backup: Backup, scratch_url: str, *, jobs: int = 2, keep: bool 
         if result.returncode != 0:
             raise BackupUnusable(
                 f"The test restore of {backup.path.name} into the scratch database {scratch!r} "
-                f"failed: {_last_line(result.stderr)}. The target database was not touched.",
-                next_step="choose another backup; this one does not restore.",
+                f"failed: {restore_error(result.stderr)}. The target database was not touched.",
+                next_step="the archive reads to its end (proven above), so the failure is the "
+                "scratch server's: if the error names an extension, role or function, point "
+                "scratch_url_env at a server like production (same major version, the same "
+                "extensions, e.g. a Supabase local stack or Debian's postgresql with contrib); "
+                "otherwise choose another backup.",
             )
         with connecting.connect(url=scratch_url_db, purpose="test-restore",
                                 read_only=True) as conn:

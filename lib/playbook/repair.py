@@ -34,7 +34,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import supabase_dumps, table_diff
+from . import flags, supabase_dumps, table_diff
 from .errors import ConfigurationError, PreconditionFailed, VerificationFailed
 from .fingerprint import table_checksum
 from .gates import Gate, reject_unknown_answers
@@ -539,24 +539,33 @@ class SurgicalRestore:
         if self.keep_scratch:
             state = f"kept: {self.restored.scratch.describe()}"
         else:
-            self.restored.scratch.drop()
+            left = self.restored.scratch.drop()
             state = f"dropped: {self.restored.scratch.describe()}"
+            if left:
+                state += (f"; placeholder roles still used elsewhere, left: {', '.join(left)}")
+            elif self.restored.script and self.restored.script.roles_created:
+                state += "; its placeholder roles removed"
         return pd.DataFrame([("scratch database", state)], columns=["", "value"]).set_index("")
 
 
 def restore_backup(run: Run, backup_file: str, backup_kind: str = "auto",
                    scratch_url_env: str = "", keep_scratch: bool = False,
-                   workdir: Path | None = None) -> SurgicalRestore:
-    """Read and restore the backup into a new scratch database (step 2). Unless
-    ``keep_scratch``, the scratch database is dropped at the end of the run, even when
-    the run stops at the gate."""
+                   workdir: Path | None = None, *, tables: Sequence[str] = (),
+                   schemas: Sequence[str] = ()) -> SurgicalRestore:
+    """Read and restore the backup into a new scratch database (step 2). Errors that
+    cannot matter to the chosen ``tables`` (else every table of ``schemas``) are counted
+    and shown; a chosen table that does not restore whole stops here. Unless
+    ``keep_scratch``, the scratch database (and its placeholder roles) is dropped at the
+    end of the run, even when the run stops at the gate."""
+    keep_scratch = flags.flag(keep_scratch, "keep_scratch")
     if not backup_file:
         raise ConfigurationError(
             "backup_file is empty. Nothing was changed.",
             next_step="set backup_file to a pg_dump archive, a Supabase .backup(.gz) file or "
             "the folder of roles.sql/schema.sql/data.sql.")
     backup = supabase_dumps.read_any_backup(Path(backup_file), backup_kind)
-    restored = supabase_dumps.restore_to_scratch(backup, scratch_url_env, workdir=workdir)
+    restored = supabase_dumps.restore_to_scratch(backup, scratch_url_env, workdir=workdir,
+                                                 tables=tables, schemas=schemas)
     if not keep_scratch:
         atexit.register(_drop_quietly, restored.scratch)
     return SurgicalRestore(run, restored, keep_scratch)

@@ -30,7 +30,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, connecting, localdb
+from . import backups, connecting, flags, localdb
 from .backups import Backup, TestRestore
 from .errors import (
     ConfigurationError,
@@ -667,7 +667,7 @@ def test_restore_step(run, backup: Backup, *, enabled: bool, scratch_url_env: st
     """Restore the chosen backup into a scratch database (the target's server unless
     ``scratch_url_env`` names another) and compare every count with the archive's;
     refused when they differ. None when the operator turned it off."""
-    if not enabled:
+    if not flags.flag(enabled, "test_restore"):
         return None
     server = backups.scratch_server_url(scratch_url_env, run.url())
     return backups.prove_restorable(backup, server, jobs=jobs)
@@ -707,6 +707,8 @@ def plan_for_run(run, backup: Backup, *, strategy: str, jobs: int, block_connect
         raise ConfigurationError(
             f"platform must be 'self_hosted' or 'supabase', got {platform!r}. Nothing was "
             "changed.", next_step="'supabase' when the backups live in the Supabase dashboard.")
+    block_connections = flags.flag(block_connections, "block_connections")
+    terminate_connections = flags.flag(terminate_connections, "terminate_connections")
     with run.connect(read_only=True) as conn:
         plan = plan_restore(conn, run.url(), backup, strategy=strategy, jobs=jobs,
                             block_connections=block_connections,
@@ -804,6 +806,7 @@ def reimport_for_run(run, plan: RestorePlan, export_dir: str, *, enabled: bool
                      ) -> pd.DataFrame:
     """Review (always) and, when executing with ``enabled``, re-insert the rows
     written after the backup."""
+    enabled = flags.flag(enabled, "reimport_after_backup_rows")
     if run.executing and enabled:
         run.require_open_gates()
     with run.connect() as conn:

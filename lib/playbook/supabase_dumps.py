@@ -39,8 +39,9 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, connecting, localdb
+from . import backups, connecting, localdb, scratch_servers
 from .errors import BackupUnusable, ConfigurationError, PlaybookError
+from .names import QualifiedName, split_identifier
 
 KIND_PG_DUMP = "pg_dump"
 KIND_SUPABASE_PLAIN = "supabase_plain"
@@ -96,6 +97,12 @@ HARMLESS_ERRORS = (
     (re.compile(r'^publication ".+" does not exist'), "Supabase's realtime publication"),
     (re.compile(r'^schema "(' + "|".join(SUPABASE_SCHEMAS) + r')" does not exist'),
      "a schema only Supabase's platform creates"),
+    (re.compile(r'^extension ".+" does not exist'),
+     "a comment or change on an extension this scratch server lacks"),
+    (re.compile(r"^permission denied to change owner of event trigger"),
+     "an event trigger owned by Supabase's superuser (supabase_admin): ownership only"),
+    (re.compile(r'^unrecognized privilege type "maintain"'),
+     "PostgreSQL 17's MAINTAIN privilege, unknown to this older scratch server: grants only"),
 )
 
 
@@ -108,6 +115,7 @@ class RestoreError:
     message: str
     harmless: bool
     why: str
+    statement: str = ""  # the statement that failed (first 2,000 characters)
 
 
 @dataclass
@@ -120,6 +128,47 @@ class ScriptRestore:
     counts: dict[str, int]
     errors: list[RestoreError] = field(default_factory=list)
     roles_created: list[str] = field(default_factory=list)
+    expected: dict[str, int] = field(default_factory=dict)  # rows the backup holds
+    chosen: Chosen | None = None
+
+    def counts_table(self) -> pd.DataFrame:
+        """Per table with rows in the backup: rows it holds, rows restored, verdict (a
+        partitioned table's rows are in its partitions, each counted once)."""
+        rows = []
+        for table in sorted(set(self.expected) | set(self.counts)):
+            held, got = self.expected.get(table), self.counts.get(table)
+            chosen = self.chosen is None or self.chosen.covers(table)
+            verdict = "PASS" if held == got else ("FAIL" if chosen else "differs (not chosen)")
+            rows.append({"table": table, "chosen": "yes" if chosen else "",
+                         "rows in the backup": held, "rows restored": got, "result": verdict})
+        return pd.DataFrame(rows, columns=["table", "chosen", "rows in the backup",
+                                           "rows restored", "result"])
+
+    def require_chosen_tables_whole(self) -> None:
+        """BackupUnusable when a chosen table is missing or short of rows, or a statement
+        creating, shaping or filling one failed: named with its line and statement."""
+        chosen = self.chosen or Chosen()
+        short = [t for t, n in sorted(self.expected.items())
+                 if chosen.covers(t) and self.counts.get(t) != n]
+        if not self.fatal and not short:
+            return
+        first = self.fatal[0] if self.fatal else next(
+            (e for e in self.errors if any(t in statement_tables(e.statement) for t in short)),
+            None)
+        problems = [f"{t}: {self.expected[t]} rows in the backup, "
+                    + (f"{self.counts[t]} restored" if t in self.counts else "table missing")
+                    for t in short]
+        where = (f" The first error that touches it: {first.file} line {first.line}: "
+                 f"{first.message} (statement: {first.statement.strip()[:300]})"
+                 if first else "")
+        cause = (f"{len(self.fatal)} error(s) on the chosen tables ({chosen.describe()})"
+                 if self.fatal else "the chosen tables did not restore whole")
+        raise BackupUnusable(
+            f"Restoring {self.backup.path.name} into the scratch database: {cause}. "
+            + ("; ".join(problems) + "." if problems else "") + where
+            + f" {len(self.harmless)} other error(s) cannot matter to the chosen tables. "
+            "Production was not touched.",
+            next_step=_advice(first))
 
     @property
     def harmless(self) -> list[RestoreError]:
@@ -141,6 +190,27 @@ class ScriptRestore:
             entry["count"] += 1
         return pd.DataFrame(list(rows.values()),
                             columns=["verdict", "reason", "count", "first at", "example"])
+
+
+def _advice(error: RestoreError | None) -> str:
+    """A next step that fits what failed (never "download it again" for a file that
+    reads to its end: the read was already proven)."""
+    message = error.message if error else ""
+    if "does not exist" in message and ("function" in message or "type" in message):
+        return ("the chosen table uses a function or type this scratch server lacks (an "
+                "extension): point scratch_url_env at a server with that extension (e.g. "
+                "Debian's postgresql-15 with contrib, or a Supabase local stack), or choose "
+                "other tables.")
+    if "does not exist" in message:
+        return ("the backup does not create what this statement needs: check that the chosen "
+                "tables are in this backup, or restore a fuller backup (pg_dump -Fc of the "
+                "whole database).")
+    if "invalid command" in message or "COPY" in message.upper():
+        return ("a COPY of a chosen table failed (see its line): read that line of the backup; "
+                "if the file is damaged there, use another backup.")
+    return ("read the statement above; if the scratch server cannot hold it, point "
+            "scratch_url_env at one that can (same major version as production), or choose "
+            "other tables.")
 
 
 def classify(message: str) -> tuple[bool, str]:
@@ -242,44 +312,105 @@ class ScriptScan:
     complete: bool
     server_version: str
     tool_version: str
+    rows: dict[str, int] = field(default_factory=dict)  # rows per table (COPY or INSERT)
+    created_tables: set[str] = field(default_factory=set)
+    created_schemas: set[str] = field(default_factory=set)
+    insert_columns: dict[str, list[str]] = field(default_factory=dict)
+    started_at: datetime | None = None
+    ends_with_reset_all: bool = False
 
 
 _COMPLETE = re.compile(r"^-- PostgreSQL database (cluster )?dump complete")
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_QUALIFIED = re.compile(rf"({_NAME}(?:\.{_NAME})?)")
+_INSERT = re.compile(
+    rf"^INSERT INTO ({_NAME}(?:\.{_NAME})?)\s*(?:\((.*?)\)\s*)?(?:VALUES|SELECT|OVERRIDING)", re.I)
+_CREATE_TABLE = re.compile(
+    rf"^CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?({_NAME}(?:\.{_NAME})?)\s*(?:\(|PARTITION|$)",
+    re.I)
+_CREATE_SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({_NAME})", re.I)
+_STARTED = re.compile(r"^-- (?:Started|Completed) on (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\s*(\S*)")
+
+
+def table_key(text: str) -> str:
+    """``schema.table`` as the playbook writes it, from a name as a dump writes it
+    (quoted or not, ``public`` when unqualified)."""
+    parts = split_identifier(text.strip())
+    return str(QualifiedName(parts[0], parts[1]) if len(parts) == 2
+               else QualifiedName("public", parts[0]))
 
 
 def scan_script(path: Path) -> ScriptScan:
-    """Read the whole script: roles it creates, databases it connects to, whether it ends
-    with pg_dump's "dump complete" line (a cut download does not)."""
-    roles: list[str] = []
-    databases: list[str] = []
+    """Read the whole script: roles it creates, databases it connects to, rows per table,
+    tables and schemas it creates, and whether it ends as pg_dump ends a script ("dump
+    complete") or as ``supabase db dump`` does (``RESET ALL;``, comments stripped)."""
+    scan = ScriptScan([], [], False, "", "")
     complete = False
-    server = tool = ""
-    in_copy = False
+    in_copy: str | None = None
+    last_statement = ""
     for line in _lines(path):
-        if in_copy:
+        if in_copy is not None:
             if line.rstrip("\r\n") == "\\.":
-                in_copy = False
+                in_copy = None
+            else:
+                scan.rows[in_copy] = scan.rows.get(in_copy, 0) + 1
             continue
         if _COPY_FROM_STDIN.match(line):
-            in_copy = True
+            in_copy = backups.copy_target(line)
+            scan.rows.setdefault(in_copy, 0)
+            last_statement = "COPY"
+            complete = False
             continue
         if line.startswith("--"):
             if _COMPLETE.match(line):
                 complete = True
-            elif line.startswith("-- Dumped from database version") and not server:
-                server = line.split("version", 1)[1].strip()
-            elif line.startswith("-- Dumped by pg_dump") and not tool:
-                tool = line.split("version", 1)[1].strip()
+            elif line.startswith("-- Dumped from database version") and not scan.server_version:
+                scan.server_version = line.split("version", 1)[1].strip()
+            elif line.startswith("-- Dumped by pg_dump") and not scan.tool_version:
+                scan.tool_version = line.split("version", 1)[1].strip()
+            elif scan.started_at is None and (started := _STARTED.match(line)):
+                try:
+                    scan.started_at = backups._archive_time(
+                        f"{started.group(1)} {started.group(2)}")
+                except ValueError:
+                    pass
             continue
-        if not _META_DROPPED.match(line):
-            complete = complete and not line.strip()
+        stripped = line.strip()
+        if stripped and not _META_DROPPED.match(line):
+            complete = False
+            last_statement = stripped
+        if (insert := _INSERT.match(line)):
+            name = _key_or_none(insert.group(1))
+            if name:
+                scan.rows[name] = scan.rows.get(name, 0) + 1
+                if name not in scan.insert_columns and insert.group(2):
+                    scan.insert_columns[name] = [
+                        split_identifier(c)[0] for c in _split_columns(insert.group(2))]
+        elif (table := _CREATE_TABLE.match(line)):
+            if name := _key_or_none(table.group(1)):
+                scan.created_tables.add(name)
+        elif (schema := _CREATE_SCHEMA.match(line)):
+            scan.created_schemas.add(split_identifier(schema.group(1))[0])
         role = _ROLE_STATEMENT.match(line)
         if role and line[:6].upper() == "CREATE":
-            roles.append(_unquote(role.group("name")))
+            scan.roles.append(_unquote(role.group("name")))
         connect = _CONNECT.match(line)
         if connect:
-            databases.append(_connect_target(connect.group("rest")))
-    return ScriptScan(roles, databases, complete and not in_copy, server, tool)
+            scan.databases.append(_connect_target(connect.group("rest")))
+    scan.ends_with_reset_all = last_statement.upper() == "RESET ALL;" and in_copy is None
+    scan.complete = (complete or scan.ends_with_reset_all) and in_copy is None
+    return scan
+
+
+def _key_or_none(text: str) -> str | None:
+    try:
+        return table_key(text)
+    except PlaybookError:
+        return None
+
+
+def _split_columns(text: str) -> list[str]:
+    return [c.strip() for c in re.findall(r'"(?:[^"]|"")+"|[^,\s]+', text)]
 
 
 def _unquote(name: str) -> str:
@@ -305,36 +436,61 @@ def _connect_target(rest: str) -> str:
     return text.strip("'")
 
 
+_DASHBOARD_NAME = re.compile(r"(\d{2})-(\d{2})-(\d{4})@(\d{2})-(\d{2})-(\d{2})")
+
+
+def taken_at(path: Path, scan: ScriptScan) -> tuple[datetime, str]:
+    """When a plain dump was taken, and where that came from: the dump's own
+    ``-- Started on`` line (``pg_dump --verbose``), else the time in a dashboard
+    download's name (``db_cluster-DD-MM-YYYY@HH-MM-SS``, UTC), else, only as a last
+    resort, the file's modification time (which a copy changes: the gate asks)."""
+    if scan.started_at is not None:
+        return scan.started_at, "written inside the dump"
+    named = _DASHBOARD_NAME.search(path.name)
+    if named:
+        day, month, year, hour, minute, second = map(int, named.groups())
+        try:
+            return (datetime(year, month, day, hour, minute, second, tzinfo=UTC),
+                    "the dashboard's file name")
+        except ValueError:
+            pass
+    return (datetime.fromtimestamp(path.stat().st_mtime, UTC),
+            "the file's modification time (the dump holds no time): check it")
+
+
 def read_plain(path: Path) -> backups.Backup:
-    """A plain SQL dump as a :class:`backups.Backup`; ``problem`` set when truncated.
-    Plain dumps carry no creation time: the file's modification time stands in, and
-    the operator confirms it at the gate."""
+    """A plain SQL dump as a :class:`backups.Backup`; ``problem`` set when truncated."""
     path = Path(path)
     scan = scan_script(path)
     problem = "" if scan.complete else (
-        "the script does not end with pg_dump's 'dump complete' line: the file is truncated")
+        "the script ends neither with pg_dump's 'dump complete' line nor with the "
+        "Supabase CLI's 'RESET ALL;': the file is truncated, cut short by an interrupted "
+        "download or copy")
     kept = [d for d in scan.databases if d not in SKIPPED_DATABASES]
+    moment, source = taken_at(path, scan)
     return backups.Backup(
-        KIND_SUPABASE_PLAIN, path, datetime.fromtimestamp(path.stat().st_mtime, UTC),
-        path.stat().st_size, database=kept[-1] if kept else "", server_version=scan.server_version,
-        tool_version=scan.tool_version, problem=problem)
+        KIND_SUPABASE_PLAIN, path, moment, path.stat().st_size,
+        database=kept[-1] if kept else "", server_version=scan.server_version,
+        tool_version=scan.tool_version, problem=problem, taken_at_source=source)
 
 
 def read_trio(folder: Path) -> backups.Backup:
     """The ``roles.sql``/``schema.sql``/``data.sql`` trio as one backup."""
     folder = Path(folder)
     problems, server, tool = [], "", ""
+    scans = {}
     for name in TRIO_FILES:
-        scan = scan_script(folder / name)
+        scan = scans[name] = scan_script(folder / name)
         server, tool = server or scan.server_version, tool or scan.tool_version
         if not scan.complete and name != "roles.sql":
-            problems.append(f"{name} does not end with pg_dump's 'dump complete' line "
-                            "(truncated)")
-    data = folder / "data.sql"
+            problems.append(f"{name} ends neither with 'RESET ALL;' (as supabase db dump "
+                            "writes it) nor with pg_dump's 'dump complete' line: it is "
+                            "truncated (cut short)")
+    moment, source = taken_at(folder / "data.sql", scans["data.sql"])
     return backups.Backup(
-        KIND_SUPABASE_TRIO, folder, datetime.fromtimestamp(data.stat().st_mtime, UTC),
+        KIND_SUPABASE_TRIO, folder, moment,
         sum((folder / n).stat().st_size for n in TRIO_FILES), server_version=server,
-        tool_version=tool, problem="; ".join(problems))
+        tool_version=tool, problem="; ".join(problems), taken_at_source=source)
 
 
 def read_any_backup(path: Path | str, kind: str = "auto") -> backups.Backup:
@@ -364,7 +520,10 @@ def read_any_backup(path: Path | str, kind: str = "auto") -> backups.Backup:
     if not backup.usable:
         raise BackupUnusable(
             f"The backup {path.name} cannot be used: {backup.problem}. Nothing was changed.",
-            next_step="download or take the backup again, or choose another one.")
+            next_step=("download or copy the backup again (the file on disk is cut short), "
+                       "or choose another one." if "truncated" in backup.problem else
+                       "choose another backup; this one's header cannot be read by this "
+                       "playbook's pg_restore."))
     return backup
 
 
@@ -381,6 +540,9 @@ class Scratch:
 
     server_url: str
     database: str
+    server: scratch_servers.ScratchServer | None = None
+    roles_created: list[str] = field(default_factory=list)
+    prepared: list[str] = field(default_factory=list)  # extensions or stand-ins, base schemas
 
     @property
     def url(self) -> str:
@@ -389,44 +551,127 @@ class Scratch:
     def connect(self, *, purpose: str = "scratch", read_only: bool = False) -> psycopg.Connection:
         return connecting.connect(url=self.url, purpose=purpose, read_only=read_only)
 
-    def drop(self) -> None:
+    def drop(self) -> list[str]:
+        """Drop the database, then the placeholder roles this run created; returns the
+        roles that could not be removed (still used elsewhere)."""
         localdb.drop_database(self.server_url, self.database)
+        left = scratch_servers.remove_placeholder_roles(self.server_url, self.roles_created)
+        self.roles_created = left
+        return left
 
     def describe(self) -> str:
-        return f"database {self.database!r} on {connecting.summary(self.server_url)}"
-
-
-def scratch_server(scratch_url_env: str = "") -> str:
-    """The server for scratch databases: the one ``scratch_url_env`` names, else the
-    embedded local cluster (started if needed). Never DATABASE_URL's server by default."""
-    if scratch_url_env:
-        return connecting.database_url(scratch_url_env)
-    state = localdb.LocalCluster().start()
-    return state.url("postgres")
+        where = self.server.describe() if self.server else connecting.summary(self.server_url)
+        return f"database {self.database!r} on {where}"
 
 
 def create_scratch(scratch_url_env: str = "", name: str = "") -> Scratch:
-    """A new, empty scratch database (from template0)."""
-    server = scratch_server(scratch_url_env)
+    """A new, empty scratch database (from template0) on the chosen scratch server."""
+    server = scratch_servers.scratch_server(scratch_url_env)
     database = name or f"playbook_scratch_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
-    localdb.create_database(server, database, template="template0")
-    return Scratch(server, database)
+    localdb.create_database(server.url, database, template="template0")
+    return Scratch(server.url, database, server)
 
 
 def ensure_roles(conn: psycopg.Connection, roles: list[str] | tuple[str, ...]) -> list[str]:
-    """Create each missing role as NOLOGIN (cluster-wide, on the scratch server only);
-    a concurrent creation is tolerated. Returns the roles created."""
-    created = []
-    for role in dict.fromkeys(roles):
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-            continue
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-            created.append(role)
-        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-            pass
-    return created
+    return scratch_servers.create_placeholder_roles(conn, roles)
+
+
+# --- which tables the operator chose, and what an error touches ------------------------
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The tables the operator compares: ``tables``, else every table of ``schemas``;
+    neither: every table (a full proof of the backup)."""
+
+    tables: frozenset[str] = frozenset()
+    schemas: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, tables=(), schemas=()) -> Chosen:
+        from .names import parse_table_name
+
+        return cls(frozenset(str(parse_table_name(t)) for t in tables or ()),
+                   frozenset(schemas or ()) if not tables else frozenset())
+
+    def covers(self, table: str) -> bool:
+        if self.tables:
+            return table in self.tables
+        if self.schemas:
+            return split_identifier(table)[0] in self.schemas
+        return True
+
+    def describe(self) -> str:
+        if self.tables:
+            return ", ".join(sorted(self.tables))
+        if self.schemas:
+            return "every table of " + ", ".join(sorted(self.schemas))
+        return "every table"
+
+
+# Statements whose failure cannot change the rows of a table: (pattern, why).
+_NO_ROWS = (
+    (r"^(GRANT|REVOKE)\b|^ALTER DEFAULT PRIVILEGES\b",
+     "privileges (who may read or write), not the rows"),
+    (r"^ALTER\s.+\sOWNER TO\b", "ownership, not the rows (a placeholder role cannot own it)"),
+    (r"^COMMENT ON\b|^SECURITY LABEL\b", "a comment or label"),
+    (r"^(CREATE|ALTER|DROP) EXTENSION\b",
+     "an extension this scratch server lacks (stand-ins cover what table definitions use)"),
+    (r"^(CREATE|ALTER) EVENT TRIGGER\b", "an event trigger (fires on DDL, never on rows)"),
+    (r"^(CREATE|ALTER|DROP) POLICY\b|\bROW LEVEL SECURITY\b",
+     "row level security (filters who sees rows; the scratch copy is read as superuser)"),
+    (r"^(CREATE|ALTER|DROP) PUBLICATION\b|^(CREATE|ALTER) SUBSCRIPTION\b",
+     "Supabase's realtime publication"),
+    (r"^(CREATE|ALTER) (ROLE|USER)\b", "a role"),
+    (r"^SET\b|^RESET\b|^SELECT pg_catalog\.set_config\b", "a session setting"),
+    (r"^SELECT pg_catalog\.setval\b", "a sequence position (the repair moves live's sequences)"),
+    (r"^(CREATE|ALTER) (OR REPLACE )?(TRIGGER|RULE|CONSTRAINT TRIGGER)\b",
+     "a trigger (the backup's rows are already written)"),
+    (r"^ALTER TABLE\s.+\sADD CONSTRAINT\s.+\s(FOREIGN KEY|CHECK)\b",
+     "a foreign key or check (the rows are loaded, only not re-checked)"),
+    (r"^ALTER TABLE\s.+\s(ENABLE|DISABLE|FORCE|NO FORCE)\b|^ALTER TABLE\s.+\sREPLICA IDENTITY",
+     "a table setting, not the rows"),
+    (r"^ALTER TABLE\s.+\sATTACH PARTITION\b", "a partition attach (the partition's rows are "
+     "counted on their own)"),
+    (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET DEFAULT|ADD GENERATED)",
+     "a column default (only new rows use it)"),
+    (r"^\\", "a psql meta-command"),
+)
+_NO_ROWS_RE = [(re.compile(p, re.I | re.S), why) for p, why in _NO_ROWS]
+_DATA = re.compile(r"^(COPY|INSERT INTO)\b", re.I)
+
+
+def statement_tables(statement: str) -> list[str]:
+    """The ``schema.table`` names a statement mentions (qualified names only, as pg_dump
+    writes them)."""
+    found = []
+    for match in re.finditer(rf"(?<![\w\"$.])({_NAME}\.{_NAME})(?![\w\"$.(])", statement):
+        key = _key_or_none(match.group(1))
+        if key and key not in found:
+            found.append(key)
+    return found
+
+
+def judge(error: RestoreError, chosen: Chosen) -> None:
+    """Decide, from the failing statement, whether an error can matter to the chosen
+    tables: fatal only when a statement that creates, shapes or fills a chosen table
+    failed; everything else is counted and shown with why it cannot matter."""
+    if error.harmless or not error.statement:
+        return
+    statement = error.statement.strip()
+    for pattern, why in _NO_ROWS_RE:
+        if pattern.search(statement):
+            error.harmless, error.why = True, why
+            return
+    tables = statement_tables(statement)
+    if _DATA.match(statement):
+        tables = tables[:1]
+    touched = [t for t in tables if chosen.covers(t)]
+    if tables and not touched:
+        error.harmless = True
+        error.why = f"touches only tables you did not choose ({', '.join(tables[:3])})"
+    elif touched:
+        error.why = f"it creates, shapes or fills the chosen table {touched[0]}"
 
 
 # --- rewriting and running a script ---------------------------------------------------
@@ -472,6 +717,47 @@ def prepare_script(source: Path, target: Path, keep_database: str = "") -> int:
     return rewritten
 
 
+_DOLLAR = re.compile(r"\$[A-Za-z_]*\$")
+
+
+def statements_at(path: Path, lines: set[int]) -> dict[int, str]:
+    """The statement (up to 2,000 characters) that ends on each of ``lines`` of a
+    prepared script: psql reports an error with the line its statement ended on."""
+    found: dict[int, str] = {}
+    if not lines:
+        return found
+    buffer: list[str] = []
+    in_copy = False
+    in_dollar = False
+    copy_header = ""
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            if in_copy:
+                if line.rstrip("\r\n") == "\\.":
+                    in_copy = False
+                if number in lines:  # a failed COPY's rows read as commands
+                    found[number] = copy_header
+                continue
+            if not buffer and (not line.strip() or line.startswith("--")):
+                if number in lines:
+                    found[number] = line.strip()
+                continue
+            if sum(map(len, buffer)) < 2000:
+                buffer.append(line)
+            if len(_DOLLAR.findall(line)) % 2:
+                in_dollar = not in_dollar
+            ended = not in_dollar and line.rstrip().endswith(";") or line.startswith("\\")
+            if _COPY_FROM_STDIN.match(line):
+                in_copy, ended, copy_header = True, True, line
+            if number in lines:
+                found[number] = "".join(buffer)[:2000]
+            if ended:
+                buffer = []
+            if len(found) == len(lines):
+                break
+    return found
+
+
 def _database_to_keep(scan: ScriptScan) -> str:
     kept = list(dict.fromkeys(d for d in scan.databases if d not in SKIPPED_DATABASES))
     if len(kept) > 1:
@@ -484,38 +770,35 @@ def _database_to_keep(scan: ScriptScan) -> str:
     return kept[0] if kept else ""
 
 
-def run_script(scratch: Scratch, scripts: list[Path], workdir: Path,
-               keep_database: str = "") -> tuple[list[RestoreError], list[str]]:
-    """Run the scripts, in order, with psql into the scratch database; returns every
-    error (classified) and the roles created."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    with scratch.connect(purpose="scratch-restore") as conn:
-        major = connecting.server_version(conn)
-        conn.autocommit = True
-        roles = list(SUPABASE_ROLES)
-        for script in scripts:
-            roles += scan_script(script).roles
-        created = ensure_roles(conn, roles)
+def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, *,
+               data_only: bool = False, shown_name: str = "") -> list[RestoreError]:
+    """Run one script with psql into the scratch database; returns every error with the
+    statement that failed. ``data_only`` scripts (the CLI's data.sql) run with triggers
+    and foreign keys off (``session_replication_role = replica``), as pg_restore's
+    ``--disable-triggers`` would: a trigger must not rewrite the backup's rows."""
     from .pgbinaries import client_program
 
-    psql = client_program("psql", major)
-    errors: list[RestoreError] = []
-    for script in scripts:
-        keep = keep_database or _database_to_keep(scan_script(script))
-        prepared = workdir / f"{script.name}.prepared.sql"
+    workdir.mkdir(parents=True, exist_ok=True)
+    psql = client_program("psql", scratch.server.major if scratch.server else 0)
+    keep = _database_to_keep(scan)
+    prepared = workdir / f"{uuid.uuid4().hex[:8]}-{script.name}.prepared.sql"
+    shown = shown_name or script.name
+    try:
         prepare_script(script, prepared, keep)
-        try:
-            result = backups.run_tool(psql, ["-X", "-q", "--no-password", "-v",
-                                             "ON_ERROR_STOP=0", "-f", str(prepared)],
-                                      url=scratch.url)
-        finally:
-            shown = {str(prepared): script.name}
+        args = ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"]
+        if data_only:
+            args += ["-c", "SET session_replication_role = replica"]
+        result = backups.run_tool(psql, [*args, "-f", str(prepared)], url=scratch.url)
+        errors = parse_psql_errors(result.stderr, {str(prepared): shown})
+        texts = statements_at(prepared, {e.line for e in errors})
+    finally:
         prepared.unlink(missing_ok=True)
-        if result.returncode not in (0, 3):
-            errors.append(RestoreError(script.name, 0, _last(result.stderr), False,
-                                       "psql could not run the script"))
-        errors += parse_psql_errors(result.stderr, shown)
-    return errors, created
+    for error in errors:
+        error.statement = texts.get(error.line, "")
+    if result.returncode not in (0, 3):
+        errors.append(RestoreError(shown, 0, _last(result.stderr), False,
+                                   "psql could not run the script"))
+    return errors
 
 
 def _last(text: str) -> str:
@@ -523,28 +806,145 @@ def _last(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def restore_script_backup(backup: backups.Backup, scratch: Scratch, workdir: Path
-                          ) -> ScriptRestore:
-    """Restore a Supabase plain dump or trio into ``scratch``; refused (BackupUnusable,
-    with the line) on any error that is not known to be harmless."""
-    scripts = ([backup.path / name for name in TRIO_FILES] if backup.kind == KIND_SUPABASE_TRIO
-               else [backup.path])
-    started = time.perf_counter()
-    errors, created = run_script(scratch, scripts, workdir)
-    seconds = time.perf_counter() - started
-    with scratch.connect(purpose="scratch-count", read_only=True) as conn:
-        counts = backups.user_table_counts(conn)
-    restored = ScriptRestore(backup, scratch.database, seconds, counts, errors, created)
-    if restored.fatal:
-        first = restored.fatal[0]
+# --- what the CLI's schema.sql leaves out ------------------------------------------------
+
+BASE_SQL = Path(__file__).with_name("supabase_base.sql")
+
+
+def create_what_data_needs(conn: psycopg.Connection, schema: ScriptScan,
+                           data: ScriptScan) -> list[str]:
+    """The CLI's schema.sql leaves out Supabase's own schemas (``auth``, ``storage``...)
+    while its data.sql holds their rows. Before schema.sql runs: the minimal Supabase base
+    the playbook ships (``auth.users`` and what policies call, ``storage`` buckets and
+    objects), for the schemas schema.sql does not create. Returns what was created."""
+    wanted = {split_identifier(t)[0] for t in data.rows} | {"auth"}
+    missing = sorted(s for s in ("auth", "storage") if s in wanted
+                     and s not in schema.created_schemas)
+    if not missing:
+        return []
+    conn.execute(BASE_SQL.read_text())
+    return [f"schema {s} from the playbook's minimal Supabase base (schema.sql leaves it out)"
+            for s in missing]
+
+
+def complete_tables_for_data(conn: psycopg.Connection, data: ScriptScan) -> list[str]:
+    """After schema.sql: a table data.sql fills that does not exist gets created, and a
+    column its INSERTs name that the base lacks gets added, as ``text`` (PostgreSQL
+    casts every literal to text on assignment), so the rows have a home. Returns what
+    was done."""
+    done = []
+    for table, columns in sorted(data.insert_columns.items()):
+        schema, name = split_identifier(table)
+        exists = conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+        identifier = sql.Identifier(schema, name)
+        if not exists:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(identifier, sql.SQL(", ").join(
+                sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
+            done.append(f"{table}: created with {len(columns)} text columns for data.sql's rows")
+            continue
+        present = {r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped", (identifier.as_string(conn),)).fetchall()}
+        added = [c for c in columns if c not in present]
+        for column in added:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(
+                identifier, sql.Identifier(column)))
+        if added:
+            done.append(f"{table}: added {', '.join(added)} (text) for data.sql's rows")
+    return done
+
+
+# --- restoring a script backup ---------------------------------------------------------
+
+
+def _scripts_of(backup: backups.Backup, workdir: Path) -> list[Path]:
+    if backup.kind == KIND_SUPABASE_TRIO:
+        return [backup.path / name for name in TRIO_FILES]
+    if backup.kind == backups.KIND_PG_DUMP_CUSTOM:
+        return [archive_as_script(backup, workdir)]
+    return [backup.path]
+
+
+def archive_as_script(backup: backups.Backup, workdir: Path) -> Path:
+    """A ``pg_dump -Fc`` archive written out as the plain script it holds (``pg_restore
+    --file``), so it restores like the other kinds: every error kept with its statement."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / f"{uuid.uuid4().hex[:8]}-{backup.path.name}.sql"
+    program = backups._client("pg_restore", None)
+    result = backups.run_tool(program, ["--file", str(target), str(backup.path)])
+    if result.returncode != 0:
+        target.unlink(missing_ok=True)
         raise BackupUnusable(
-            f"Restoring {backup.path.name} into the scratch database stopped on an error that "
-            f"is not harmless, at {first.file} line {first.line}: {first.message} ({first.why}); "
-            f"{len(restored.fatal)} such error(s), {len(restored.harmless)} harmless. "
-            "Production was not touched.",
-            next_step="read that line of the backup; if it is cut or damaged, download it again.",
-        )
+            f"pg_restore could not read {backup.path.name} to its end: "
+            f"{backups._last_line(result.stderr)}. Nothing was changed.",
+            next_step="the archive is damaged or cut short: choose another backup, or copy it "
+            "again from where it is stored.")
+    return target
+
+
+def restore_script_backup(backup: backups.Backup, scratch: Scratch, workdir: Path,
+                          chosen: Chosen | None = None) -> ScriptRestore:
+    """Restore a backup of any kind into ``scratch`` through psql, then compare the rows
+    the backup holds with the rows restored. Refused (BackupUnusable, with the line and
+    the statement) when a chosen table is missing, short of rows, or its statement
+    failed; every other error is counted and shown with why it cannot matter."""
+    chosen = chosen or Chosen()
+    started = time.perf_counter()
+    scripts = _scripts_of(backup, workdir)
+    try:
+        scans = [scan_script(s) for s in scripts]
+        with scratch.connect(purpose="scratch-restore") as conn:
+            conn.autocommit = True
+            roles = list(SUPABASE_ROLES) + [r for scan in scans for r in scan.roles]
+            scratch.roles_created += ensure_roles(conn, roles)
+            scratch.prepared += scratch_servers.prepare_database(conn)
+            if backup.kind == KIND_SUPABASE_TRIO:
+                scratch.prepared += create_what_data_needs(conn, scans[1], scans[2])
+        errors: list[RestoreError] = []
+        for script, scan in zip(scripts, scans, strict=True):
+            data_only = backup.kind == KIND_SUPABASE_TRIO and script.name == "data.sql"
+            if data_only:
+                with scratch.connect(purpose="scratch-restore") as conn:
+                    conn.autocommit = True
+                    scratch.prepared += complete_tables_for_data(conn, scan)
+            shown = backup.path.name if backup.kind == backups.KIND_PG_DUMP_CUSTOM else ""
+            errors += run_script(scratch, script, workdir, scan, data_only=data_only,
+                                 shown_name=shown + (" (as SQL)" if shown else ""))
+    finally:
+        if backup.kind == backups.KIND_PG_DUMP_CUSTOM:
+            scripts[0].unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    expected: dict[str, int] = {}
+    for scan in scans:
+        for table, rows in scan.rows.items():
+            expected[table] = expected.get(table, 0) + rows
+    for error in errors:
+        judge(error, chosen)
+    with scratch.connect(purpose="scratch-count", read_only=True) as conn:
+        counts = restored_counts(conn, expected)
+    restored = ScriptRestore(backup, scratch.database, seconds, counts, errors,
+                             list(scratch.roles_created), expected=expected, chosen=chosen)
+    restored.require_chosen_tables_whole()
     return restored
+
+
+def restored_counts(conn: psycopg.Connection, tables) -> dict[str, int]:
+    """Rows restored per table (``ONLY``: a partitioned parent's rows are its partitions',
+    counted with each partition); a table that is not there is left out."""
+    counts = {}
+    for table in tables:
+        schema, name = split_identifier(table)
+        if not conn.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                            "c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                            (schema, name)).fetchone():
+            continue
+        counts[table] = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(
+            sql.Identifier(schema, name))).fetchone()[0]
+    conn.rollback()
+    return counts
 
 
 # --- one entry point for every kind ---------------------------------------------------
@@ -561,42 +961,51 @@ class RestoredBackup:
     script: ScriptRestore | None = None
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([{"table": t, "rows in the backup": n}
-                             for t, n in sorted(self.counts.items())],
-                            columns=["table", "rows in the backup"])
+        """Per table: rows the backup holds, rows restored, and whether it is chosen."""
+        if self.script is None:
+            return pd.DataFrame([{"table": t, "rows in the backup": n}
+                                 for t, n in sorted(self.counts.items())],
+                                columns=["table", "rows in the backup"])
+        return self.script.counts_table()
 
     def summary(self) -> pd.DataFrame:
         errors = self.script.errors if self.script else []
         rows = [("backup", self.backup.path.name), ("kind", self.backup.kind),
                 ("taken at (UTC)", backups._shown(self.backup.taken_at)),
-                ("scratch", self.scratch.describe()), ("seconds", round(self.seconds, 1)),
+                ("taken at: from", self.backup.taken_at_source),
+                ("scratch server", self.scratch.server.describe() if self.scratch.server
+                 else connecting.summary(self.scratch.server_url)),
+                ("scratch database", self.scratch.database),
+                ("prepared on the scratch database", "; ".join(self.scratch.prepared) or "-"),
+                ("placeholder roles created (removed with the scratch database)",
+                 ", ".join(self.scratch.roles_created) or "-"),
+                ("seconds", round(self.seconds, 1)),
                 ("tables", len(self.counts)), ("rows", sum(self.counts.values())),
-                ("harmless errors", sum(e.harmless for e in errors))]
+                ("errors that cannot matter to the chosen tables (counted, shown below)",
+                 sum(e.harmless for e in errors))]
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+    def show(self):
+        """The summary for the notebook, every value in full (no truncation)."""
+        return self.summary().style.set_properties(**{"text-align": "left"})
+
+    def errors(self) -> pd.DataFrame:
+        if self.script is None:
+            return pd.DataFrame(columns=["verdict", "reason", "count", "first at", "example"])
+        return self.script.errors_table()
 
 
 def restore_to_scratch(backup: backups.Backup, scratch_url_env: str = "", *,
-                       workdir: Path | None = None) -> RestoredBackup:
-    """Restore ``backup`` into a new scratch database (never the target). pg_dump archives
-    go through :func:`backups.test_restore` (the full-restore notebook's own proof), the
-    Supabase kinds through psql. The scratch database is dropped if the restore fails."""
+                       workdir: Path | None = None, tables=(), schemas=()) -> RestoredBackup:
+    """Restore ``backup`` into a new scratch database (never the target), on the best
+    scratch server (:mod:`scratch_servers`). Every kind goes through psql (a pg_dump
+    archive as the script it holds). The scratch database and its placeholder roles are
+    dropped if the restore fails."""
     scratch = create_scratch(scratch_url_env)
+    work = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
     try:
-        if backup.kind in (KIND_SUPABASE_PLAIN, KIND_SUPABASE_TRIO):
-            work = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
-            restored = restore_script_backup(backup, scratch, work)
-            return RestoredBackup(backup, scratch, restored.seconds, restored.counts, restored)
-        with psycopg.connect(scratch.server_url, autocommit=True) as conn:
-            ensure_roles(conn, SUPABASE_ROLES)
-        localdb.drop_database(scratch.server_url, scratch.database)
-        proof = backups.test_restore(backup, scratch.server_url, keep=True,
-                                     name=scratch.database)
-        if not proof.passed:
-            raise BackupUnusable(
-                f"The scratch restore of {backup.path.name} does not match the archive: "
-                f"{proof.evidence()}. Production was not touched.",
-                next_step="choose another backup.")
-        return RestoredBackup(backup, scratch, proof.seconds, proof.counts)
-    except (PlaybookError, subprocess.SubprocessError):
+        restored = restore_script_backup(backup, scratch, work, Chosen.of(tables, schemas))
+        return RestoredBackup(backup, scratch, restored.seconds, restored.counts, restored)
+    except (PlaybookError, subprocess.SubprocessError, psycopg.Error):
         scratch.drop()
         raise

@@ -1,0 +1,173 @@
+"""Real Supabase backups, rehearsed: a Supabase-shaped database on PostgreSQL 15 (roles,
+extensions in schema `extensions`, auth.users, partitioned realtime.messages, an event
+trigger owned by supabase_admin, uuid defaults, RLS) is backed up the three ways Supabase
+users do it, damaged, and repaired by notebook 31 with the default scratch server, both
+where Debian's PostgreSQL 15 (with contrib) is installed and where only the embedded
+PostgreSQL 16 is. Notebook 30 restores the pg_dump archive and verifies it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import papermill
+import psycopg
+import pytest
+
+import supabase_shape as shape
+from notebook_runs import run_notebook, shipped_parameters
+from playbook import localdb, restore, supabase_dumps
+from playbook.errors import ConfigurationError
+from playbook.flags import flag
+
+KINDS = {"pg_dump -Fc": shape.custom_archive, "supabase db dump trio": shape.cli_trio,
+         "dashboard .backup.gz": shape.hosted_backup}
+
+
+@pytest.fixture
+def supabase_db(_clusters, monkeypatch):
+    """A fresh Supabase-shaped database on PostgreSQL 15; DATABASE_URL points at it."""
+    cluster = _clusters.get(15)
+    admin = cluster.state().url("postgres")
+    name = f"sb_{uuid.uuid4().hex[:10]}"
+    url = localdb.create_database(admin, name)
+    shape.build(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    yield name, url
+    localdb.drop_database(admin, name)
+
+
+def _repair(name, url, tmp_path, backup):
+    return run_notebook("31_restore_tables", tmp_path / "run", {
+        "mode": "execute", "confirm_database": name,
+        "answers": {q: "yes" for q in shipped_parameters("31_restore_tables")["answers"]},
+        "incident_id": "INC-15", "operator": "rehearsal", "backup_file": str(backup),
+        "tables": list(shape.CHOSEN), "export_dir": str(tmp_path / "exports")})
+
+
+def _scratch_roles(major: int) -> set[str]:
+    state = localdb.LocalCluster(f"scratch-pg{major}").state()
+    with psycopg.connect(state.url("postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+
+
+@pytest.mark.parametrize("scratch", ["best available", "embedded only"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_supabase_backup_repairs_the_damaged_tables_and_keeps_rows_written_since(
+        supabase_db, tmp_path, monkeypatch, kind, scratch):
+    name, url = supabase_db
+    if scratch == "embedded only":  # a machine without Debian's PostgreSQL
+        monkeypatch.setenv("PLAYBOOK_SCRATCH_POSTGRES", "embedded")
+    backup = KINDS[kind](url, 15, tmp_path / "backup")
+    before = {t: shape.rows(url, t) for t in shape.CHOSEN}
+    untouched = {t: shape.rows(url, t) for t in ("auth.users", "public.profiles")}
+    time.sleep(0.01)
+    written_since = shape.damage(url)
+    assert any(shape.rows(url, t) != before[t] for t in shape.CHOSEN)
+
+    run = _repair(name, url, tmp_path, backup)
+
+    assert not run.failed, run.error
+    for table in shape.CHOSEN:
+        now = shape.rows(url, table)
+        assert {k: now.get(k) for k in before[table]} == before[table], table
+        assert set(now) - set(before[table]) == written_since[table], table
+    assert {t: shape.rows(url, t) for t in untouched} == untouched
+    text = run.outputs_text()
+    major = 16 if scratch == "embedded only" else 15
+    assert f"PostgreSQL {major} at" in text  # the record says which server was used
+    if scratch == "embedded only":
+        assert "stand-ins for uuid-ossp" in text
+    assert "FAIL" not in text
+    # The placeholder roles went with the scratch database; the server's own are left.
+    left = _scratch_roles(major) & set(supabase_dumps.SUPABASE_ROLES)
+    assert left == set(), left
+
+
+def test_the_cli_trio_is_not_taken_for_truncated_and_its_auth_rows_have_a_home(
+        supabase_db, tmp_path):
+    _, url = supabase_db
+    folder = shape.cli_trio(url, 15, tmp_path / "trio")
+    data = (folder / "data.sql").read_text()
+    assert data.rstrip().endswith("RESET ALL;") and "-- " not in data
+    assert 'CREATE TABLE "auth"' not in (folder / "schema.sql").read_text()
+    backup = supabase_dumps.read_any_backup(folder)
+    restored = supabase_dumps.restore_to_scratch(backup, tables=list(shape.CHOSEN))
+    try:
+        with psycopg.connect(url) as conn:
+            users = conn.execute("SELECT count(*) FROM auth.users").fetchone()[0]
+        assert restored.counts["auth.users"] == users
+    finally:
+        restored.scratch.drop()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for part in supabase_dumps.TRIO_FILES:
+        (cut / part).write_text((folder / part).read_text())
+    (cut / "data.sql").write_text(data[: len(data) // 2])
+    with pytest.raises(supabase_dumps.BackupUnusable, match="cut short"):
+        supabase_dumps.read_any_backup(cut)
+
+
+def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db, tmp_path,
+                                                                     monkeypatch):
+    _, url = supabase_db
+    monkeypatch.setenv("PLAYBOOK_SCRATCH_POSTGRES", "embedded")
+    path = shape.hosted_backup(url, 15, tmp_path)
+    import gzip
+    text = gzip.open(path, "rt").read().replace(
+        "extensions.uuid_generate_v4()", "extensions.uuid_generate_v7()", 1)
+    broken = tmp_path / "db_cluster-01-12-2026@03-00-01.backup"
+    broken.write_text(text)
+    backup = supabase_dumps.read_any_backup(broken)
+    with pytest.raises(supabase_dumps.BackupUnusable) as refused:
+        supabase_dumps.restore_to_scratch(backup, tables=["public.projects"])
+    message = str(refused.value)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "uuid_generate_v7" in t)
+    assert "public.projects" in message and "uuid_generate_v7" in message
+    assert "line" in message and "download" not in message.lower()
+    assert line > 0
+    # The same backup is fine for a table the broken statement does not touch.
+    restored = supabase_dumps.restore_to_scratch(backup, tables=["public.profiles"])
+    try:
+        assert restored.script.harmless
+    finally:
+        restored.scratch.drop()
+
+
+def test_full_restore_of_a_supabase_archive_test_restores_and_verifies(supabase_db, tmp_path):
+    name, url = supabase_db
+    folder = tmp_path / "backups"
+    from playbook import backups
+
+    backups.take_backup(url, folder)
+    with psycopg.connect(url) as conn:
+        at_backup = {t: shape.rows(url, t) for t in shape.CHOSEN}
+        messages = conn.execute("SELECT count(*) FROM realtime.messages").fetchone()[0]
+    time.sleep(1.05)
+    shape.damage(url)
+    run = run_notebook("30_full_restore", tmp_path / "records", {
+        "mode": "execute", "confirm_database": name,
+        "answers": {q: "yes" for q in restore.GATE_QUESTIONS}, "incident_id": "INC-15",
+        "operator": "rehearsal", "backup_dir": str(folder), "test_restore": "true",
+        "restore_strategy": "swap", "terminate_connections": True,
+        "export_dir": str(tmp_path / "exports")})
+    assert not run.failed, run.error
+    text = run.outputs_text()
+    assert "Restore verified: every check passed" in text
+    assert {t: shape.rows(url, t) for t in shape.CHOSEN} == at_backup
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM realtime.messages").fetchone()[0] == messages
+        assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtowner = "
+                            "'supabase_admin'::regrole").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), ("false", False), ("No", False),
+                                            ("1", True), (0, False), ("yes", True)])
+def test_yes_no_parameters_are_parsed_strictly(value, expected):
+    assert flag(value, "test_restore") is expected
+
+
+def test_a_flag_that_is_not_yes_or_no_is_refused_before_anything(tmp_path):
+    with pytest.raises(ConfigurationError, match="test_restore must be true or false"):
+        flag("flase", "test_restore")
+    assert papermill  # the notebooks get their flags from papermill as strings
