@@ -14,23 +14,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..connecting import database_url
 from ..errors import ExportMismatch
 from ..exports import MANIFEST, read_manifest, require_sound_export, verify_files
+from ..scratch_servers import scratch_server
 from . import plan as planning
 from .data import data_at_stake, export_at_stake
-from .rollback import recover_migration, repair_command, roll_back_migration
+from .rollback import (
+    history_removal,
+    recover_migration,
+    repair_command,
+    roll_back_migration,
+)
 from .shadow import MigrationFile, MigrationsFolder, read_migrations_folder
 
 
 def _scratch_admin_url(scratch_url_env: str) -> str:
     """The server the shadow databases go to: the one ``scratch_url_env`` names, else the
-    embedded local cluster (started when needed). Never the target's own server."""
-    if scratch_url_env:
-        return database_url(scratch_url_env)
-    from ..supabase_dumps import scratch_server
-
-    return scratch_server()
+    best local PostgreSQL (scratch_servers). Never the target's own server."""
+    return scratch_server(scratch_url_env).url
 
 
 @dataclass
@@ -58,8 +59,7 @@ class FolderMigration:
              "database)"),
             ("newer migrations in the folder",
              ", ".join(f.label for f in self.folder.after(self.target.version)) or "none"),
-            ("scratch server", "the server in $" + self.scratch_url_env
-             if self.scratch_url_env else "the embedded local PostgreSQL"),
+            ("scratch server", scratch_server(self.scratch_url_env).describe()),
         ]
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
@@ -100,8 +100,8 @@ class FolderMigration:
         frame = plan.table()
         if plan.history_versions:
             frame.loc[len(frame) + 1] = (
-                f"DELETE FROM supabase_migrations.schema_migrations WHERE version = "
-                f"'{self.target.version}'  -- same as `{repair_command(self.target.version, 'reverted')}`")
+                history_removal(self.target.version).as_string(None)
+                + f"  -- the same as `{repair_command(self.target.version, 'reverted')}`")
         return frame
 
     def export_problems(self, export_dir: Path) -> list[str]:

@@ -38,6 +38,12 @@ def lock_scope(target: MigrationFile) -> str:
     return f"migration:{target.version}"
 
 
+def history_removal(version: str) -> sql.Composed:
+    """The statement that takes the migration out of Supabase's history."""
+    return sql.SQL("DELETE FROM supabase_migrations.schema_migrations WHERE version = {}"
+                   ).format(sql.Literal(version))
+
+
 def repair_command(version: str, status: str) -> str:
     """The Supabase CLI command that records the same change in its own history."""
     return f"supabase migration repair --status {status} {version}"
@@ -96,8 +102,7 @@ def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: Sha
             ).format(sql.Literal(plan.migration.version)), export_dir / HISTORY_FILE)
             manifest.files.append(ExportedFile(str(HISTORY), HISTORY.schema, HISTORY.name,
                                                HISTORY_FILE, rows, size, digest))
-            conn.execute("DELETE FROM supabase_migrations.schema_migrations WHERE version = %s",
-                         (plan.migration.version,))
+            conn.execute(history_removal(plan.migration.version))
             result.history_removed = True
         result.statements = perform_reversal(conn, plan, states)
         write_manifest(export_dir, manifest)

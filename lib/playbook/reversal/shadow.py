@@ -1,10 +1,12 @@
 """The state before a migration, rebuilt from the project's migrations folder.
 
 A Supabase project keeps its migrations as ``supabase/migrations/<version>_<name>.sql``,
-applied in version order. The state before migration V is a Supabase-like base (roles, the
-``auth`` schema, the ``extensions`` schema, the Realtime publication: ``supabase_base.sql``)
-plus every migration older than V, applied to an empty scratch database: what
-``supabase db diff`` calls the shadow database.
+applied in version order. The state before migration V is a Supabase-like base plus every
+migration older than V, applied to an empty scratch database: what ``supabase db diff``
+calls the shadow database. The base is the one scratch restores use (the ``extensions``
+schema with pgcrypto and uuid-ossp or their stand-ins, ``auth`` and ``storage`` tables:
+``scratch_servers.prepare_database`` and ``supabase_base.sql``) plus the API roles, their
+grants, the Realtime publication and Supabase's default privileges (``shadow_base.sql``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import psycopg
 from pglast import ast
 
 from ..errors import ConfigurationError, ObjectNotFound, PreconditionFailed
+from ..scratch_servers import prepare_database
+from ..supabase_dumps import BASE_SQL as SUPABASE_BASE_SQL
 
-SUPABASE_BASE = Path(__file__).resolve().parent / "supabase_base.sql"
+SHADOW_BASE = Path(__file__).resolve().parent / "shadow_base.sql"
 MIGRATION_FILE = re.compile(r"^(?P<version>\d+)_(?P<name>.+)\.sql$")
 # Extensions the base provides with stand-in functions where the server lacks them.
 STAND_IN_EXTENSIONS = {"pgcrypto", "uuid-ossp"}
@@ -164,7 +168,9 @@ def apply_sql(conn: psycopg.Connection, sql_text: str, *, label: str) -> None:
 
 def apply_base(conn: psycopg.Connection) -> None:
     """The Supabase-like base every shadow database starts from."""
-    apply_sql(conn, SUPABASE_BASE.read_text(encoding="utf-8"), label=SUPABASE_BASE.name)
+    prepare_database(conn)
+    for base in (SUPABASE_BASE_SQL, SHADOW_BASE):
+        apply_sql(conn, base.read_text(encoding="utf-8"), label=base.name)
 
 
 def build_shadow(conn: psycopg.Connection, migrations: tuple[MigrationFile, ...]) -> None:
