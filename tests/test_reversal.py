@@ -18,9 +18,11 @@ import pytest
 
 from catalog_description import describe_schema, differences
 from playbook import localdb
-from playbook.errors import DependentObjectsExist, PreconditionFailed
+from playbook.backups import take_backup
+from playbook.errors import BackupUnusable, DependentObjectsExist, PreconditionFailed
 from playbook.reversal import plan as reversal
 from playbook.reversal.data import data_at_stake
+from playbook.reversal.reversible import load_reversible_migration
 from playbook.reversal.rollback import recover_migration, roll_back_migration
 from playbook.reversal.shadow import apply_sql, build_shadow, read_migrations_folder
 
@@ -317,3 +319,44 @@ def test_partitioned_usage_events_are_exported_once_and_come_back(pg_cluster, da
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         recover_migration(live, target, states, tmp_path / "export")
     assert _checksums(live, watched) == before
+
+
+@pytest.mark.both_versions
+def test_a_backup_taken_before_the_migration_gives_the_state_to_return_to(
+        pg_cluster, databases, tmp_path, monkeypatch):
+    folder = read_migrations_folder(CORPUS / "chat")
+    target = folder.find("20240320090000")
+    earlier = databases(folder.before(target.version))
+    _chat_rows(earlier)
+    earlier.commit()
+    backup = take_backup(localdb.database_url_for(pg_cluster.admin_url, earlier.info.dbname),
+                         tmp_path / "backups")
+    schema_before = describe_schema(earlier)
+    live = databases(folder.up_to(target.version))
+    monkeypatch.setenv("PLAYBOOK_TEST_SCRATCH", pg_cluster.admin_url)
+
+    migration = load_reversible_migration(str(target.path), backup=str(backup.path),
+                                          scratch_url_env="PLAYBOOK_TEST_SCRATCH")
+    assert migration.folder is None
+    with migration.states() as states:
+        assert states.source.startswith(f"backup {backup.path.name}")
+        plan = reversal.plan_reversal(live, states, None, migration.target)
+        stake = data_at_stake(states.before, states.after)
+        live.rollback()
+        roll_back_migration(live, plan, states, stake, tmp_path / "export")
+    assert differences(describe_schema(live), schema_before) == {}
+
+
+def test_a_backup_that_already_holds_the_migration_is_refused(pg_cluster, databases,
+                                                              tmp_path, monkeypatch):
+    folder = read_migrations_folder(CORPUS / "teams")
+    target = folder.find("20240310000000")
+    later = databases(folder.up_to(target.version))
+    backup = take_backup(localdb.database_url_for(pg_cluster.admin_url, later.info.dbname),
+                         tmp_path / "backups")
+    monkeypatch.setenv("PLAYBOOK_TEST_SCRATCH", pg_cluster.admin_url)
+    migration = load_reversible_migration(str(target.path), backup=str(backup.path),
+                                          scratch_url_env="PLAYBOOK_TEST_SCRATCH")
+    with pytest.raises(BackupUnusable, match="taken after it"):
+        with migration.states():
+            pass

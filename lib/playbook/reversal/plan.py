@@ -139,8 +139,8 @@ def applied_versions(conn: psycopg.Connection) -> list[str]:
         "SELECT version FROM supabase_migrations.schema_migrations ORDER BY version")]
 
 
-def plan_reversal(live: psycopg.Connection, states: ShadowStates, folder: MigrationsFolder,
-                  target: MigrationFile) -> ReversePlan:
+def plan_reversal(live: psycopg.Connection, states: ShadowStates,
+                  folder: MigrationsFolder | None, target: MigrationFile) -> ReversePlan:
     """Review: the reverse plan, the drift and the chain, read without writing."""
     reverse = schema_plan(states.after, states.before)
     if not reverse.statements:
@@ -154,7 +154,7 @@ def plan_reversal(live: psycopg.Connection, states: ShadowStates, folder: Migrat
         source=states.source,
         statements=reverse.statements,
         drift=schema_plan(live, states.after).statements,
-        newer_applied=newer_applied(live, states.after, folder, target),
+        newer_applied=newer_applied(live, states.after, folder, target) if folder else {},
         history_versions=[v for v in applied_versions(live) if v == target.version],
     )
 

@@ -118,6 +118,20 @@ def read_migrations_folder(path: str | Path) -> MigrationsFolder:
     return MigrationsFolder(folder.resolve(), tuple(sorted(files, key=lambda f: int(f.version))))
 
 
+def migration_file(path: str | Path) -> MigrationFile:
+    """A single migration file given by its path (its version is the digits before '_',
+    or 0 when the name has none)."""
+    file = Path(str(path)).expanduser()
+    if not file.is_file() or file.suffix != ".sql":
+        raise ObjectNotFound(
+            f"The migration {file} is not a .sql file. Nothing was changed.",
+            next_step="pass the path of the migration's .sql file, or its version with "
+            "migrations_folder.")
+    match = MIGRATION_FILE.match(file.name)
+    return MigrationFile(match["version"] if match else "0",
+                         match["name"] if match else file.stem, file.resolve())
+
+
 def _available_extensions(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM pg_available_extensions")}
 

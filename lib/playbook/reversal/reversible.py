@@ -1,5 +1,8 @@
-"""A migration of a project's migrations folder, as notebooks 20 and 21 roll it back and
+"""A migration to roll back by reverse plan, as notebooks 20 and 21 roll it back and
 recover it: the same cells as for a change set, each step answered by the reverse plan.
+
+The state before the migration comes from the project's migrations folder (shadow
+databases) or from a backup taken before it; the notebook says which.
 
 Every step rebuilds the two shadow databases on the scratch server (a second or two each)
 instead of keeping state between cells, so a cell re-run, or run alone, sees what is true
@@ -14,18 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ExportMismatch
+from ..errors import ConfigurationError, ExportMismatch
 from ..exports import MANIFEST, read_manifest, require_sound_export, verify_files
 from ..scratch_servers import scratch_server
 from . import plan as planning
 from .data import data_at_stake, export_at_stake
+from .from_backup import backup_states
 from .rollback import (
     history_removal,
     recover_migration,
     repair_command,
     roll_back_migration,
 )
-from .shadow import MigrationFile, MigrationsFolder, read_migrations_folder
+from .shadow import MigrationFile, MigrationsFolder, migration_file, read_migrations_folder
 
 
 def _scratch_admin_url(scratch_url_env: str) -> str:
@@ -35,11 +39,13 @@ def _scratch_admin_url(scratch_url_env: str) -> str:
 
 
 @dataclass
-class FolderMigration:
-    """One migration of a ``supabase/migrations`` folder."""
+class ReversibleMigration:
+    """One migration (a file of a ``supabase/migrations`` folder, or any ``.sql`` file),
+    with where the state before it comes from: the folder, else ``backup``."""
 
-    folder: MigrationsFolder
     target: MigrationFile
+    folder: MigrationsFolder | None = None
+    backup: str = ""
     scratch_url_env: str = ""
 
     @property
@@ -51,20 +57,27 @@ class FolderMigration:
         return []
 
     def table(self) -> pd.DataFrame:
+        if self.backup:
+            source = f"the backup {self.backup}, restored on the scratch server"
+        else:
+            source = (f"the {len(self.folder.before(self.target.version))} earlier migrations "
+                      f"of {self.folder.path}, applied to a Supabase-like base (shadow database)")
         rows = [
-            ("migration", self.target.label),
-            ("migrations folder", str(self.folder.path)),
-            ("state before it, from", f"the {len(self.folder.before(self.target.version))} "
-             "earlier migrations of the folder, applied to a Supabase-like base (shadow "
-             "database)"),
+            ("migration", str(self.target.path)),
+            ("state before it, from", source),
             ("newer migrations in the folder",
-             ", ".join(f.label for f in self.folder.after(self.target.version)) or "none"),
+             ", ".join(f.label for f in self.folder.after(self.target.version))
+             if self.folder else "(no migrations folder given: not checked)"),
             ("scratch server", scratch_server(self.scratch_url_env).describe()),
         ]
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
     @contextmanager
     def states(self):
+        if self.backup:
+            with backup_states(self.backup, self.target, self.scratch_url_env) as states:
+                yield states
+            return
         with planning.shadow_states(_scratch_admin_url(self.scratch_url_env), self.folder,
                                     self.target) as states:
             yield states
@@ -160,7 +173,19 @@ class FolderMigration:
         return result.table()
 
 
-def load_folder_migration(migrations_folder: str, migration: str,
-                          scratch_url_env: str = "") -> FolderMigration:
-    folder = read_migrations_folder(migrations_folder)
-    return FolderMigration(folder, folder.find(migration), scratch_url_env)
+def load_reversible_migration(migration: str, *, migrations_folder: str = "",
+                              backup: str = "", scratch_url_env: str = "") -> ReversibleMigration:
+    """``migration`` (a version or file name in ``migrations_folder``, or a path to a .sql
+    file) with the source of the state before it: ``backup`` when given, else the folder."""
+    if not migrations_folder and not backup:
+        raise ConfigurationError(
+            "Reversing a migration needs the state before it: give migrations_folder (the "
+            "project's supabase/migrations) or backup (taken before the migration). Nothing "
+            "was changed.",
+            next_step="set migrations_folder or backup in the parameters.")
+    folder = read_migrations_folder(migrations_folder) if migrations_folder else None
+    if folder is not None:
+        target = folder.find(migration)
+    else:
+        target = migration_file(migration)
+    return ReversibleMigration(target, folder, str(backup), scratch_url_env)
