@@ -339,15 +339,16 @@ def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
     The export question is verified against the live data when a manifest is already in
     ``export_dir`` (a failed check closes the gate). Without one (the usual case: notebook
     20 exports right after this gate) nothing can be verified yet, and the question says
-    so instead of showing a check: the drop itself refuses unless the export it finds then
-    matches the live data (:func:`perform_drop`)."""
+    so instead of showing a check: the drop itself blocks writes to the tables and takes
+    the final export before dropping anything (:func:`perform_drop`)."""
     export_dir = Path(export_dir)
     questions = dict(STOP_QUESTIONS)
     if not (export_dir / MANIFEST).exists():
         questions["data_exported"] = (
             f"Have you exported the migration's data separately? Not verified yet: there is "
             f"no export in {export_dir}; the next step exports it there and it will be "
-            "verified before the drop (the drop refuses unless it matches the live data).")
+            "verified before the drop (the drop blocks writes to the tables and takes the "
+            "final export, holding every committed write, before it drops anything).")
     gate = Gate(f"Rollback of {migration.name}: STOP", questions, run.answers)
     if (export_dir / MANIFEST).exists():
         with run.connect(read_only=True) as conn:
