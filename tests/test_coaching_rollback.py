@@ -142,15 +142,35 @@ def test_drop_removes_every_object_and_keeps_protected_tables(demo_db, coaching,
     assert demo_db.scalar("SELECT count(*) FROM pg_proc WHERE proname LIKE '%%sponsor%%'") == 0
 
 
-def test_drop_is_refused_when_rows_were_written_after_the_export(demo_db, coaching, exported):
+def test_rows_written_after_the_export_are_in_the_final_export_the_drop_leaves(
+        demo_db, coaching, exported):
+    import csv
+    import hashlib
+    import json
+
+    from playbook import recovery
+
     with demo_db.connect() as conn:
         conn.execute("DELETE FROM public.sponsor_chat_messages WHERE id = 1")
         conn.commit()
-    before = demo_db.fingerprint()
-    with pytest.raises(ExportMismatch, match="199 rows live"):
-        with demo_db.connect() as conn:
-            drops.perform_drop(conn, coaching, exported)
-    assert demo_db.fingerprint() == before
+    with demo_db.connect() as conn:
+        result = drops.perform_drop(conn, coaching, exported)
+    assert result.committed and _tables_present(demo_db) == set()
+    # The export folder now holds the final export, taken under the write lock.
+    manifest = json.loads((exported / "manifest.json").read_text())
+    files = {f["table"]: f for f in manifest["files"]}
+    messages = files["public.sponsor_chat_messages"]
+    path = exported / messages["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == messages["sha256"]
+    with open(path, newline="") as handle:
+        ids = [row["id"] for row in csv.DictReader(handle)]
+    assert len(ids) == messages["rows"] == 199 and "1" not in ids
+    # Step 1's export (with id 1) is kept beside it, marked, and refused by recovery.
+    superseded = Path(manifest["extra"]["superseded"]["folder"])
+    assert superseded.parent == exported.parent and (superseded / "SUPERSEDED").exists()
+    with pytest.raises(ExportMismatch, match="superseded"):
+        recovery.require_complete_export(coaching, superseded)
+    recovery.require_complete_export(coaching, exported)
 
 
 def test_drop_is_refused_when_an_export_file_was_altered(demo_db, coaching, exported):
@@ -506,8 +526,11 @@ def test_the_rollback_reports_how_long_it_held_the_tables_locked(demo_db, coachi
     frame = drops.rollback(run, coaching, exported)
     held = frame.attrs["lock_hold_ms"]
     assert held > 0
+    blocked = frame.attrs["writes_blocked_ms"]
+    assert blocked >= held
     committed = frame[frame["check"] == "committed"].iloc[0]
-    assert committed["observed"] == f"tables locked {held:.0f} ms"
+    assert committed["observed"] == (f"tables locked {held:.0f} ms; writes to them blocked "
+                                     f"{blocked:.0f} ms")
 
 
 def test_an_export_folder_that_cannot_be_created_is_one_playbook_error(demo_db, coaching,

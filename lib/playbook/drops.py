@@ -7,12 +7,20 @@ never with CASCADE. Review mode shows those very statements (``as_string``);
 
 1. takes the playbook's advisory lock (a second operator is refused) and states a
    ``lock_timeout`` (never queue behind a long query while the application queues behind us);
-2. locks the tables against writes and re-checks the export manifest's row counts against
-   the live counts at that moment (no row written after the export can be lost);
+2. blocks every write to the tables it will drop (``LOCK TABLE ... IN EXCLUSIVE MODE``:
+   INSERT, UPDATE and DELETE wait, SELECT goes on), then takes the FINAL export from a
+   snapshot exported by this very transaction (:func:`final_export`), so it holds every
+   write committed before the drop; it is verified (rows against the live counts under
+   the lock, files against their SHA-256). If it equals step 1's export, that one stays;
+   otherwise it replaces it (durably, before COMMIT) and step 1's is marked SUPERSEDED;
 3. records what the protected tables are (catalog identity, row counts), drops, then
    before COMMIT checks inside the transaction that every object is gone and that the
    protected tables still hold what they held; anything else is a ROLLBACK and
    VerificationFailed.
+
+Writes to the migration's tables therefore wait from step 2 to COMMIT (about the time of
+one export); reads of them wait only from the first DROP, and other tables are locked only
+by the DROP (see below).
 
 The DROP of a table takes ACCESS EXCLUSIVE locks on it and on every table its foreign
 keys point at (their RI triggers live there: dropping ``sponsor_connections`` locks
@@ -23,8 +31,10 @@ therefore kept to catalog look-ups: the proof about the protected tables is
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -39,12 +49,18 @@ from .dependencies import (
     find_dependents,
     require_no_unlisted_dependents,
 )
-from .errors import DependentObjectsExist, ExportMismatch, VerificationFailed
+from .errors import DependentObjectsExist, ExportFailed, ExportMismatch, VerificationFailed
 from .exports import (
+    INCOMPLETE,
     MANIFEST,
     Manifest,
     dump_archive,
+    export_in_transaction,
+    export_statement,
     export_tables,
+    fsync_path,
+    mark_complete,
+    mark_superseded,
     read_manifest,
     require_sound_export,
     verify_files,
@@ -68,7 +84,7 @@ STOP_QUESTIONS = {
     "recent_backup": "Do you have a recent database backup?",
     "backup_tested": "Have you tested restoring from that backup?",
     "data_exported": "Have you exported the migration's data separately? (the next step "
-    "exports it; the drop refuses unless the export matches the live data)",
+    "exports it; the drop blocks writes to the tables and takes the final export first)",
     "no_other_way": "Is there NO other way to fix the issue (fix forward, partial rollback)?",
     "team_notified": "Has the team been notified?",
     "maintenance_window": "Is a maintenance window scheduled, with the application stopped "
@@ -110,10 +126,12 @@ class DropPlan:
     dependents: list[Dependent]
     included: list[Dependent]
     steps: list[DropStep] = field(default_factory=list)
+    # Run before the drops, in the same transaction: writes blocked, the final export.
+    before: list[DropStep] = field(default_factory=list)
 
     @property
     def statements(self) -> list[sql.Composed]:
-        return [s.statement for s in self.steps if s.statement is not None]
+        return [s.statement for s in self.before + self.steps if s.statement is not None]
 
     @property
     def tables(self) -> list[QualifiedName]:
@@ -121,15 +139,18 @@ class DropPlan:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not self.statements
+        return not any(s.statement is not None for s in self.steps)
 
     def sql_text(self, conn: psycopg.Connection | None = None) -> str:
+        if self.nothing_to_do:
+            return ""
         return "\n".join(s.as_string(conn) + ";" for s in self.statements)
 
     def table(self, conn: psycopg.Connection | None = None) -> pd.DataFrame:
+        steps = self.before + self.steps if not self.nothing_to_do else []
         rows = [{"step": i + 1, "drops": s.what,
                  "statement": s.statement.as_string(conn) + ";" if s.statement else "",
-                 "note": s.note} for i, s in enumerate(self.steps)]
+                 "note": s.note} for i, s in enumerate(steps)]
         if not rows:
             rows = [{"step": 0, "drops": "(nothing)", "statement": "",
                      "note": "every object of the migration is already absent: rollback "
@@ -139,6 +160,26 @@ class DropPlan:
 
 def _ident(*parts: str) -> sql.Identifier:
     return sql.Identifier(*parts)
+
+
+def block_writes_statement(tables: list[QualifiedName]) -> sql.Composed:
+    """Blocks INSERT, UPDATE, DELETE (and other writers' locks) on ``tables`` until the
+    transaction ends; SELECT goes on."""
+    return sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(t.identifier for t in tables))
+
+
+def _before_drop_steps(tables: list[QualifiedName]) -> list[DropStep]:
+    """What the drop's transaction runs before the drops: the statements themselves."""
+    if not tables:
+        return []
+    steps = [DropStep("block writes to the tables it drops", block_writes_statement(tables),
+                      "waits at most lock_timeout; INSERT/UPDATE/DELETE wait until COMMIT, "
+                      "SELECT goes on")]
+    steps += [DropStep(f"final export of {t}", export_statement(t),
+                       "from this transaction's snapshot (pg_export_snapshot); verified; "
+                       "replaces step 1's export if the data changed since") for t in tables]
+    return steps
 
 
 def _dependent_step(dep: Dependent) -> DropStep:
@@ -204,6 +245,7 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
     dependents = find_dependents(conn, inventory)
     included = require_no_unlisted_dependents(dependents, include_dependents)
     plan = DropPlan(migration, inventory, dependents, included)
+    plan.before = _before_drop_steps(_export_order(conn, inventory))
     for kind, keyword in (("view", "DROP VIEW"), ("materialized view",
                                                   "DROP MATERIALIZED VIEW")):
         views = [d for d in included if d.kind == kind]
@@ -297,15 +339,16 @@ def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
     The export question is verified against the live data when a manifest is already in
     ``export_dir`` (a failed check closes the gate). Without one (the usual case: notebook
     20 exports right after this gate) nothing can be verified yet, and the question says
-    so instead of showing a check: the drop itself refuses unless the export it finds then
-    matches the live data (:func:`perform_drop`)."""
+    so instead of showing a check: the drop itself blocks writes to the tables and takes
+    the final export before dropping anything (:func:`perform_drop`)."""
     export_dir = Path(export_dir)
     questions = dict(STOP_QUESTIONS)
     if not (export_dir / MANIFEST).exists():
         questions["data_exported"] = (
             f"Have you exported the migration's data separately? Not verified yet: there is "
             f"no export in {export_dir}; the next step exports it there and it will be "
-            "verified before the drop (the drop refuses unless it matches the live data).")
+            "verified before the drop (the drop blocks writes to the tables and takes the "
+            "final export, holding every committed write, before it drops anything).")
     gate = Gate(f"Rollback of {migration.name}: STOP", questions, run.answers)
     if (export_dir / MANIFEST).exists():
         with run.connect(read_only=True) as conn:
@@ -327,23 +370,118 @@ def export_migration_data(run, migration: Migration, export_dir: Path,
     run.require_open_gates()
     export_dir = Path(export_dir)
     with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
-        inventory = find_in_database(conn, migration, count_rows=False)
-        tables = [QualifiedName(f.obj.schema, f.obj.name)
-                  for f in _table_order(conn, inventory.of_kind("table"))][::-1]
+        tables = _export_order(conn, find_in_database(conn, migration, count_rows=False))
         major = conn.info.server_version // 10000
         conn.commit()
         # A pg_dump too old for the server is refused before any file is written, so no
         # CSV-only export is ever left for a drop to accept.
         pg_dump = client_program("pg_dump", major) if archive and tables else None
+        # INCOMPLETE until the archive is written too (mark_complete below).
         manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
                                  f"{migration.name}", show_progress=show_progress,
-                                 extra={"migration": migration.name,
-                                        "import_order": [str(t) for t in tables]})
+                                 extra=_export_extra(migration, tables), complete=False)
     if archive and tables:
         manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
             f"{migration.name}.dump"), server_major=major, pg_dump=pg_dump)
         write_manifest(export_dir, manifest)
+    mark_complete(export_dir, manifest)
     return manifest_table(manifest, export_dir)
+
+
+def _export_order(conn: psycopg.Connection, inventory: Inventory) -> list[QualifiedName]:
+    """The migration's tables, parents first (the order a re-import needs)."""
+    return [QualifiedName(f.obj.schema, f.obj.name)
+            for f in _table_order(conn, inventory.of_kind("table"))][::-1]
+
+
+def _export_extra(migration: Migration, tables: list[QualifiedName]) -> dict:
+    return {"migration": migration.name, "import_order": [str(t) for t in tables]}
+
+
+def staging_folder(export_dir: Path) -> Path:
+    """Where the drop writes its final export before it replaces ``export_dir``."""
+    return export_dir.with_name(export_dir.name + ".final-partial")
+
+
+@dataclass
+class FinalExport:
+    """What the drop's final export found: whether step 1's export already held every
+    committed write (``unchanged``) or was replaced, and the checks that prove it."""
+
+    manifest: Manifest
+    unchanged: bool
+    checks: list[Check]
+    superseded: Path | None = None
+    seconds: float = 0.0
+
+
+def final_export(conn: psycopg.Connection, migration: Migration, tables: list[QualifiedName],
+                 live_rows: dict[str, int], export_dir: Path, preliminary: Manifest,
+                 *, lock_timeout: str, show_progress: bool = False) -> FinalExport:
+    """Inside the drop's transaction, once writes to ``tables`` are blocked: export them
+    from this transaction's snapshot into a staging folder, verify it (rows equal
+    ``live_rows``, counted under the lock; every file re-read against its SHA-256), then
+
+    - if every file equals step 1's (same rows, same SHA-256), step 1's export already
+      holds every committed write: it stays, the staging folder goes;
+    - otherwise the application wrote since step 1: the final export is fsynced and
+      takes ``export_dir``'s place, step 1's is kept beside it marked SUPERSEDED (with
+      its pg_dump archive, which misses those writes).
+
+    Any failure raises, and the caller's transaction rolls back with nothing dropped."""
+    started = time.perf_counter()
+    staging = staging_folder(export_dir)
+    if staging.exists():  # a final export cut short earlier: ours by name and by marker
+        if not (staging / INCOMPLETE).exists() and any(staging.iterdir()):
+            raise ExportFailed(
+                f"{staging} exists and is not a final export cut short. The transaction "
+                "was rolled back; nothing was dropped.",
+                next_step="move that folder away, then run the drop again.")
+        shutil.rmtree(staging)
+    manifest = export_in_transaction(
+        conn, tables, staging, purpose=f"rollback of {migration.name} (final export, taken "
+        "under the drop's write lock)", lock_timeout=lock_timeout,
+        extra=_export_extra(migration, tables), show_progress=show_progress)
+    exported = {f.table: f.rows for f in manifest.files}
+    problems = [f"{t}: {exported.get(t)} rows exported, {n} live" for t, n in live_rows.items()
+                if exported.get(t) != n] + verify_files(staging, manifest)
+    checks = [Check("final export taken under the write lock: rows equal the live counts, "
+                    "files equal their SHA-256", not problems, "; ".join(problems) or
+                    f"{sum(exported.values())} rows in {len(exported)} files", "equal")]
+    if problems:
+        raise ExportFailed(
+            f"The final export in {staging} could not be verified ({'; '.join(problems)}). "
+            "The transaction was rolled back; nothing was dropped.",
+            next_step="check the disk holding the export folder, then run the drop again.")
+    before = {f.table: (f.rows, f.sha256) for f in preliminary.files}
+    after = {f.table: (f.rows, f.sha256) for f in manifest.files}
+    changed = sorted(t for t in after if before.get(t) != after[t])
+    if not changed and before.keys() == after.keys():
+        shutil.rmtree(staging)
+        checks.append(Check("step 1's export holds every committed write (files identical "
+                            "to the final export)", True, "identical", "identical"))
+        return FinalExport(preliminary, True, checks,
+                           seconds=time.perf_counter() - started)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    superseded = export_dir.with_name(f"{export_dir.name}.superseded-{stamp}")
+    manifest.extra["superseded"] = {
+        "folder": str(superseded), "created_at": preliminary.created_at,
+        "changed_tables": changed,
+        "note": "step 1's export, taken before writes were blocked; it and its pg_dump "
+        "archive miss the writes made since. Recover from this folder's CSV files."}
+    write_manifest(staging, manifest)
+    mark_complete(staging, manifest)  # durable before the swap, and before COMMIT
+    mark_superseded(export_dir, export_dir)
+    export_dir.rename(superseded)
+    staging.rename(export_dir)
+    fsync_path(export_dir.parent)
+    checks.append(Check("step 1's export replaced by the final export (the application "
+                        f"wrote to {', '.join(changed)} since step 1)", True,
+                        f"kept as {superseded.name}, marked SUPERSEDED", "replaced"))
+    return FinalExport(manifest, False, checks, superseded,
+                       seconds=time.perf_counter() - started)
+
+
 
 
 def manifest_table(manifest: Manifest, export_dir: Path) -> pd.DataFrame:
@@ -390,7 +528,10 @@ class DropResult:
     committed: bool
     dropped: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
-    lock_hold_ms: float = 0.0
+    lock_hold_ms: float = 0.0  # tables locked ACCESS EXCLUSIVE (reads wait): DROP to COMMIT
+    writes_blocked_ms: float = 0.0  # writes to the dropped tables wait: LOCK to COMMIT
+    export_checks: list[Check] = field(default_factory=list)
+    final_export_s: float = 0.0
     note: str = ""
 
     def table(self) -> pd.DataFrame:
@@ -551,38 +692,53 @@ def protected_tables_untouched(conn: psycopg.Connection, before: dict[str, Prote
     return checks
 
 
+def _preliminary_export(migration: Migration, export_dir: Path) -> Manifest:
+    """Step 1's export, sound (every file against its SHA-256) and of this migration."""
+    manifest = require_sound_export(export_dir)  # before any lock is taken
+    exported_for = manifest.extra.get("migration")
+    if exported_for not in (None, migration.name):
+        raise ExportMismatch(
+            f"The export in {export_dir} is of migration {exported_for!r}, not "
+            f"{migration.name!r}. Nothing was changed.",
+            next_step="point export_dir at this migration's export.")
+    return manifest
+
+
 def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Path,
                  include_dependents: list[str] | tuple[str, ...] = (),
                  *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-                 require_export: bool = True) -> DropResult:
+                 require_export: bool = True, show_progress: bool = False) -> DropResult:
     """Drop what the migration created, in one transaction (see the module's docstring).
-    ``conn`` must be a read-write session that is not in a transaction."""
+    ``conn`` must be a read-write session that is not in a transaction. With
+    ``require_export`` (always, from notebook 20) step 1's export must be sound, and the
+    final export taken under the write lock is in ``export_dir`` before COMMIT."""
     export_dir = Path(export_dir)
-    if require_export:
-        require_sound_export(export_dir)  # file checksums, before any lock is taken
+    preliminary = _preliminary_export(migration, export_dir) if require_export else None
     result = DropResult(migration.name, committed=False)
     with translated_errors():
         try:
             with conn.transaction():
+                # READ COMMITTED whatever the session's default: the final export's
+                # snapshot must be taken after the write lock is granted, not at BEGIN.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
                 take_playbook_lock(conn, lock_scope(migration))
-                inventory = find_in_database(conn, migration, count_rows=False)
-                tables = [QualifiedName(f.obj.schema, f.obj.name)
-                          for f in inventory.of_kind("table")]
+                tables = _export_order(conn, find_in_database(conn, migration,
+                                                              count_rows=False))
+                blocked = None
                 if tables:
-                    # Writers wait from here on; readers carry on until the DROP.
-                    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
-                        sql.SQL(", ").join(t.identifier for t in tables)))
+                    # Writers wait from here to COMMIT; readers until the first DROP.
+                    conn.execute(block_writes_statement(tables))
+                    blocked = time.perf_counter()
                 inventory = find_in_database(conn, migration)  # counts under the lock
-                if require_export:
-                    problems = export_problems(conn, migration, export_dir, check_files=False)
-                    if problems:
-                        raise ExportMismatch(
-                            f"The export does not match the live data now: "
-                            f"{'; '.join(problems)}. The transaction was rolled back; "
-                            "nothing was dropped.",
-                            next_step="stop the application's writes, export again, then "
-                            "run the drop.")
+                if preliminary is not None and tables:
+                    live = {str(QualifiedName(f.obj.schema, f.obj.name)): f.rows
+                            for f in inventory.of_kind("table")}
+                    final = final_export(conn, migration, tables, live, export_dir,
+                                         preliminary, lock_timeout=lock_timeout,
+                                         show_progress=show_progress)
+                    result.export_checks = final.checks
+                    result.final_export_s = final.seconds
                 plan = build_drop_plan(conn, migration, include_dependents,
                                        inventory=inventory)
                 if plan.nothing_to_do:
@@ -597,11 +753,15 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                     if step.statement is not None:
                         conn.execute(step.statement)
                         result.dropped.append(step.what)
-                result.checks = _verify_after_drop(conn, migration, before, plan)
+                result.checks = result.export_checks + _verify_after_drop(
+                    conn, migration, before, plan)
                 if not all(c.passed for c in result.checks):
                     raise _RollBack()
             # From the first DROP (ACCESS EXCLUSIVE) to the end of COMMIT.
-            result.lock_hold_ms = (time.perf_counter() - started) * 1000
+            finished = time.perf_counter()
+            result.lock_hold_ms = (finished - started) * 1000
+            if blocked is not None:
+                result.writes_blocked_ms = (finished - blocked) * 1000
             result.committed = True
         except _RollBack:
             failed = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
@@ -653,8 +813,10 @@ def rollback(run, migration: Migration, export_dir: Path,
     if result.committed:
         frame = pd.concat([frame, pd.DataFrame([{
             "check": "committed", "result": "PASS",
-            "observed": f"tables locked {result.lock_hold_ms:.0f} ms", "expected": ""}])],
+            "observed": f"tables locked {result.lock_hold_ms:.0f} ms; writes to them "
+            f"blocked {result.writes_blocked_ms:.0f} ms", "expected": ""}])],
             ignore_index=True)
     # Attached last: pd.concat drops attrs its inputs do not share.
     frame.attrs["lock_hold_ms"] = result.lock_hold_ms
+    frame.attrs["writes_blocked_ms"] = result.writes_blocked_ms
     return frame

@@ -9,6 +9,12 @@ SNAPSHOT``, as ``pg_dump -j`` does), so the export still shows one moment.
 A manifest (``manifest.json``) lists each file's table, rows, bytes and SHA-256; a step
 that relies on an export (a drop, a re-import) first checks the manifest against the
 files and the live data.
+
+An export is written under an ``INCOMPLETE`` marker, created (and fsynced) before the
+first file and removed only after every file and the manifest are fsynced, so an export
+cut short (Ctrl-C, ``kill -9``, a full disk, a lost session) is never taken for one:
+:func:`read_manifest` refuses a folder holding the marker, or the ``SUPERSEDED`` marker of
+an export that a later one (taken under the drop's write lock) replaced.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +36,8 @@ from .errors import ExportFailed, ExportMismatch
 from .names import QualifiedName
 
 MANIFEST = "manifest.json"
+INCOMPLETE = "INCOMPLETE"  # present while an export is being written
+SUPERSEDED = "SUPERSEDED"  # an export replaced by a later one (its text names which)
 CHUNK = 1 << 20
 # Sessions an export uses at most (one per table at a time). COPY's text formatting runs
 # in the server, one core per session; more sessions than cores only add contention.
@@ -124,6 +133,19 @@ def _copy_statement(query: sql.Composable) -> sql.Composed:
     return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
 
 
+def export_statement(table: QualifiedName, condition: sql.Composable | None = None
+                     ) -> sql.Composed:
+    """The COPY ... TO STDOUT that exports ``table`` (review mode shows this very one)."""
+    query = sql.SQL("SELECT * FROM {}").format(table.identifier)
+    if condition is not None:
+        query += sql.SQL(" WHERE ") + condition
+    return _copy_statement(query)
+
+
+def export_file_name(table: QualifiedName) -> str:
+    return f"{table.schema}.{table.name}.csv"
+
+
 def export_query(conn: psycopg.Connection, query: sql.Composable, path: Path,
                  *, show_progress: bool = False, description: str = "") -> tuple[int, int, str]:
     """COPY (query) TO a CSV file with a header; returns (rows, bytes, sha256)."""
@@ -140,13 +162,16 @@ def _session_settings_to_copy(conn: psycopg.Connection) -> list[tuple[str, str]]
         "'transaction_deferrable', 'session_authorization')").fetchall()
 
 
-def _snapshot_sessions(conn: psycopg.Connection, count: int) -> list[psycopg.Connection]:
+def _snapshot_sessions(conn: psycopg.Connection, count: int,
+                       lock_timeout: str | None = None) -> list[psycopg.Connection]:
     """Up to ``count`` more sessions to the same database, each in a REPEATABLE READ
     read-only transaction on the snapshot of ``conn``'s current transaction. Returns
     fewer (possibly none) when the server or the connection cannot offer them (no
     connection slots left, a standby that cannot export snapshots...): the export then
     runs on fewer sessions, never on a different snapshot. Raises _NoSnapshot, which
-    leaves ``conn``'s transaction aborted, when the snapshot cannot be exported."""
+    leaves ``conn``'s transaction aborted, when the snapshot cannot be exported.
+    ``lock_timeout``: how long a helper's COPY may wait for its table (while ``conn``
+    holds a lock, an application's request queued behind it would hold a helper back)."""
     if count <= 0:
         return []
     try:  # (not in a savepoint: PostgreSQL exports no snapshot from a subtransaction)
@@ -166,6 +191,9 @@ def _snapshot_sessions(conn: psycopg.Connection, count: int) -> list[psycopg.Con
         try:
             for name, value in settings:
                 helper.execute("SELECT set_config(%s, %s, false)", (name, value))
+            if lock_timeout is not None:
+                helper.execute("SELECT set_config('lock_timeout', %s, false)",
+                               (lock_timeout,))
             helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         except psycopg.Error:
@@ -175,31 +203,40 @@ def _snapshot_sessions(conn: psycopg.Connection, count: int) -> list[psycopg.Con
     return sessions
 
 
+def _work(tables: Sequence[QualifiedName], where: dict[str, sql.Composable] | None
+          ) -> list[tuple[int, QualifiedName, sql.Composed, str]]:
+    return [(index, table, export_statement(table, (where or {}).get(str(table))),
+             export_file_name(table)) for index, table in enumerate(tables)]
+
+
+def _new_manifest(conn: psycopg.Connection, purpose: str, extra: dict | None) -> Manifest:
+    return Manifest(created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    database=conn.info.dbname, purpose=purpose, extra=dict(extra or {}))
+
+
+def _list_files(manifest: Manifest, work: list, results: dict) -> None:
+    for index, table, _copy, file in work:
+        rows, size, digest = results[index]
+        manifest.files.append(
+            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
+
+
 def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], folder: Path,
                   *, purpose: str, show_progress: bool = True,
                   where: dict[str, sql.Composable] | None = None,
-                  extra: dict | None = None, jobs: int = EXPORT_JOBS) -> Manifest:
+                  extra: dict | None = None, jobs: int = EXPORT_JOBS,
+                  complete: bool = True) -> Manifest:
     """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
     consistent snapshot and write the manifest. The session must not be in a transaction.
 
     With several tables, up to ``jobs`` sessions export side by side, largest table
     first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
-    in the order of ``tables`` whatever order they were written in."""
-    with writing_into(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        database=conn.info.dbname,
-        purpose=purpose,
-        extra=dict(extra or {}),
-    )
-    work = []
-    for index, table in enumerate(tables):
-        query = sql.SQL("SELECT * FROM {}").format(table.identifier)
-        condition = (where or {}).get(str(table))
-        if condition is not None:
-            query += sql.SQL(" WHERE ") + condition
-        work.append((index, table, _copy_statement(query), f"{table.schema}.{table.name}.csv"))
+    in the order of ``tables`` whatever order they were written in. The folder stays
+    marked INCOMPLETE until the end (``complete=False``: until the caller, who adds
+    more to it, calls :func:`mark_complete`)."""
+    begin_export_folder(folder)
+    manifest = _new_manifest(conn, purpose, extra)
+    work = _work(tables, where)
     # Inside a caller's transaction ours is a savepoint, whose snapshot cannot be shared.
     extra_sessions = (min(jobs, len(work)) - 1
                       if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -229,12 +266,99 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
             conn.isolation_level, conn.read_only = previous
         raise
     conn.isolation_level, conn.read_only = previous
-    for index, table, _copy, file in work:
-        rows, size, digest = results[index]
-        manifest.files.append(
-            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
+    _list_files(manifest, work, results)
+    write_manifest(folder, manifest)
+    if complete:
+        mark_complete(folder, manifest)
+    return manifest
+
+
+def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedName],
+                          folder: Path, *, purpose: str, lock_timeout: str,
+                          extra: dict | None = None, jobs: int = EXPORT_JOBS,
+                          show_progress: bool = False) -> Manifest:
+    """Export ``tables`` from ``conn``'s open top-level transaction, as it sees them now,
+    into ``folder`` (marked INCOMPLETE until the caller's :func:`mark_complete`).
+
+    Meant for a transaction that holds a lock blocking every write to ``tables`` (the
+    drop's): the snapshot exported here (``pg_export_snapshot()``, taken after the lock
+    was granted) then shows every write committed to them, and helper sessions on that
+    snapshot write the files side by side; ``conn`` itself exports too (under the lock
+    each of its statements sees the same rows). A snapshot that cannot be shared is an
+    error: the caller's transaction is aborted and must roll back."""
+    begin_export_folder(folder)
+    manifest = _new_manifest(conn, purpose, extra)
+    manifest.extra["session"] = session_settings(conn)
+    work = _work(tables, None)
+    with writing_into(folder):
+        try:
+            helpers = _snapshot_sessions(conn, min(jobs, len(work)) - 1, lock_timeout)
+        except _NoSnapshot:
+            raise ExportFailed(
+                "The server would not share the drop transaction's snapshot "
+                "(pg_export_snapshot), so the final export could not be taken. The "
+                "transaction was rolled back; nothing was dropped.",
+                next_step="run the drop against the primary, not a standby or a pooler.",
+            ) from None
+        try:
+            results = _run_exports(conn, helpers, work, folder, show_progress)
+        finally:
+            for helper in helpers:
+                helper.close()
+    _list_files(manifest, work, results)
     write_manifest(folder, manifest)
     return manifest
+
+
+# --- marking an export complete --------------------------------------------------------
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def begin_export_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and mark it INCOMPLETE (on disk) before anything else
+    is written; a manifest left from an earlier export there is removed, so old and new
+    files are never listed together."""
+    with writing_into(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / INCOMPLETE
+        marker.write_text(
+            "An export is being written here, or was cut short (Ctrl-C, kill, full disk, "
+            "lost connection). The files beside this marker are not an export: no step of "
+            "the playbook accepts them. Export again.\n")
+        fsync_path(marker)
+        fsync_path(folder)
+        (folder / MANIFEST).unlink(missing_ok=True)
+
+
+def mark_complete(folder: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists (CSV files, the archive) and the manifest fsynced,
+    then the INCOMPLETE marker removed: from here on the export is accepted."""
+    with writing_into(folder):
+        names = [f.file for f in manifest.files]
+        archive = manifest.extra.get("archive")
+        if archive:
+            names.append(archive["file"])
+        for name in [*names, MANIFEST]:
+            fsync_path(folder / name)
+        (folder / INCOMPLETE).unlink(missing_ok=True)
+        fsync_path(folder)
+
+
+def mark_superseded(folder: Path, by: Path) -> None:
+    """Mark an export as replaced by the one in ``by`` (it misses writes ``by`` holds)."""
+    with writing_into(folder):
+        marker = folder / SUPERSEDED
+        marker.write_text(f"{by}\n")
+        fsync_path(marker)
+        fsync_path(folder)
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:
@@ -320,6 +444,9 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                     conn.execute("SELECT 1")
         except BaseException:  # an interrupt: stop the helpers before their sessions close
             stop.set()
+            for helper in helpers:  # a helper waiting on the server would never see `stop`
+                with contextlib.suppress(psycopg.Error):
+                    helper.cancel_safe(timeout=5)
             for thread in threads:
                 thread.join()
             raise
@@ -338,11 +465,36 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return path
 
 
+def require_finished(folder: Path) -> None:
+    """ExportMismatch when ``folder`` holds an export cut short, or one replaced since."""
+    folder = Path(folder)
+    if (folder / INCOMPLETE).exists():
+        raise ExportMismatch(
+            f"The export in {folder} is INCOMPLETE: it was cut short while being written "
+            "(Ctrl-C, a killed run, a full disk or a lost connection), so its files are not "
+            "a whole export, and no step accepts them. Nothing was changed.",
+            next_step="if the migration's tables still exist, run notebook 20's export again "
+            "(into an empty export_dir); if they were dropped, recover from the export the "
+            "drop relied on (the one its record names) or from a backup.",
+        )
+    if (folder / SUPERSEDED).exists():
+        newer = (folder / SUPERSEDED).read_text().strip()
+        raise ExportMismatch(
+            f"The export in {folder} was superseded by {newer}, taken later under the "
+            "drop's write lock; this one misses the writes made in between. Nothing was "
+            "changed.", next_step=f"use export_dir={newer}.")
+
+
 def read_manifest(folder: Path) -> Manifest:
+    require_finished(folder)
     path = Path(folder) / MANIFEST
     if not path.exists():
+        leftovers = sorted(p.name for p in Path(folder).glob("*.csv"))
+        found = (f" The folder holds {', '.join(leftovers[:3])}"
+                 f"{'...' if len(leftovers) > 3 else ''} but no manifest: an export cut "
+                 "short, which no step accepts." if leftovers else "")
         raise ExportMismatch(
-            f"No export manifest at {path}. Nothing was changed.",
+            f"No export manifest at {path}.{found} Nothing was changed.",
             next_step="run the export step first, or point export_dir at the folder that holds "
             "manifest.json.",
         )

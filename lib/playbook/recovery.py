@@ -29,6 +29,7 @@ from psycopg import sql
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
+    INCOMPLETE,
     MANIFEST,
     Manifest,
     csv_columns,
@@ -55,7 +56,9 @@ RECOVERY_QUESTIONS = {
 
 def find_export(migration: Migration, export_dir: str = "", incident_id: str = "") -> Path:
     """The export to recover from: ``export_dir``; else that incident's; else the newest
-    export of this migration under incidents/ (shown to the operator before use)."""
+    export of this migration under incidents/ (shown to the operator before use). An
+    export cut short counts as the newest, so that it is refused rather than an older
+    one taken silently in its place."""
     if export_dir:
         return Path(export_dir).expanduser().resolve()
     root = incidents_root()
@@ -63,7 +66,8 @@ def find_export(migration: Migration, export_dir: str = "", incident_id: str = "
         from .drops import default_export_dir
 
         return default_export_dir(migration, incident_id)
-    candidates = sorted(root.glob(f"*/exports/{migration.name}/{MANIFEST}"),
+    candidates = sorted([*root.glob(f"*/exports/{migration.name}/{MANIFEST}"),
+                         *root.glob(f"*/exports/{migration.name}/{INCOMPLETE}")],
                         key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ExportMismatch(
@@ -74,8 +78,9 @@ def find_export(migration: Migration, export_dir: str = "", incident_id: str = "
 
 
 def require_complete_export(migration: Migration, folder: Path) -> Manifest:
-    """The manifest, if every file matches its SHA-256 and every table the migration
-    creates is in it; ExportMismatch otherwise."""
+    """The manifest, if the export was finished (no INCOMPLETE or SUPERSEDED marker, see
+    :func:`exports.require_finished`), every file matches its SHA-256 and every table the
+    migration creates is in it; ExportMismatch otherwise."""
     manifest = require_sound_export(folder)
     exported_for = manifest.extra.get("migration")
     if exported_for not in (None, migration.name):

@@ -1,0 +1,169 @@
+"""Rehearsed: the application keeps writing to the coaching tables while notebook 20 runs
+in execute mode (issue 16, item 1). It edits chat messages (UPDATE), or replaces one
+message by another in one transaction (DELETE + INSERT, the count unchanged), on its
+own session, and notes every write whose COMMIT returned. Afterwards every one of those
+writes is either in the export the drop left in the export folder, or the drop failed
+and the tables still hold it: never in neither.
+
+The expected content is rebuilt from the rows before the application started and its
+committed writes, in commit order; the export is read back with the csv module and its
+files hashed here, not by the playbook."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from playbook import drops
+from playbook.errors import PlaybookError
+from playbook.runs import begin_run
+from reliability.conftest import coaching_tables_present
+
+MESSAGES = "public.sponsor_chat_messages"
+
+
+class Application:
+    """Writes to sponsor_chat_messages in a loop on its own session, one transaction per
+    write, and records each write whose COMMIT returned (``committed``, in commit order).
+    Stops at ``stop()`` or once the table is gone."""
+
+    def __init__(self, url: str, kind: str) -> None:
+        self.url, self.kind = url, kind
+        self.committed: list[tuple] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _write(self, conn: psycopg.Connection, i: int, ids: deque) -> tuple:
+        body = f"{self.kind} {i} written while the rollback runs"
+        if self.kind == "update":
+            message = ids[i % len(ids)]
+            conn.execute("UPDATE public.sponsor_chat_messages SET body = %s WHERE id = %s",
+                         (body, message))
+            conn.commit()
+            return ("update", message, body)
+        oldest = ids[0]
+        connection, sender = conn.execute(
+            "DELETE FROM public.sponsor_chat_messages WHERE id = %s "
+            "RETURNING connection_id, sender_id", (oldest,)).fetchone()
+        new = conn.execute(
+            "INSERT INTO public.sponsor_chat_messages (connection_id, sender_id, body) "
+            "VALUES (%s, %s, %s) RETURNING id", (connection, sender, body)).fetchone()[0]
+        conn.commit()
+        ids.popleft()
+        ids.append(new)
+        return ("replace", oldest, new, body)
+
+    def _loop(self) -> None:
+        with psycopg.connect(self.url, application_name="the application") as conn:
+            ids = deque(r[0] for r in conn.execute(
+                "SELECT id FROM public.sponsor_chat_messages ORDER BY id"))
+            conn.commit()
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    self.committed.append(self._write(conn, i, ids))
+                except psycopg.Error as exc:
+                    self.errors.append(type(exc).__name__)
+                    if conn.closed:
+                        return
+                    conn.rollback()
+                    if isinstance(exc, psycopg.errors.UndefinedTable):
+                        return  # the rollback committed: nothing left to write to
+                i += 1
+                time.sleep(0.002)
+
+    def start(self) -> Application:
+        self._thread.start()
+        return self
+
+    def wait_for(self, writes: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.committed) < writes:
+            assert time.monotonic() < deadline, (
+                f"the application wrote only {self.committed}, errors {self.errors}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _messages(rows) -> dict[str, str]:
+    return {str(r[0]): r[1] for r in rows}
+
+
+def _expected(initial: dict[str, str], writes: list[tuple]) -> dict[str, str]:
+    """The messages as they must be after ``writes``, applied in commit order."""
+    expected = dict(initial)
+    for write in writes:
+        if write[0] == "update":
+            _, message, body = write
+            expected[str(message)] = body
+        else:
+            _, deleted, inserted, body = write
+            del expected[str(deleted)]
+            expected[str(inserted)] = body
+    return expected
+
+
+def _exported_messages(folder: Path) -> dict[str, str]:
+    """The messages in the export's CSV, after checking every file's SHA-256 here."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (folder / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
+    entry = next(f for f in manifest["files"] if f["table"] == MESSAGES)
+    with open(folder / entry["file"], newline="") as handle:
+        rows = [(row["id"], row["body"]) for row in csv.DictReader(handle)]
+    assert len(rows) == entry["rows"]
+    return _messages(rows)
+
+
+@pytest.mark.both_versions
+@pytest.mark.parametrize("kind", ["update", "replace"])
+def test_no_write_committed_before_the_drop_is_missing_from_its_export(
+        demo_db, coaching, incidents, kind):
+    with demo_db.connect() as conn:
+        initial = _messages(conn.execute("SELECT id, body FROM public.sponsor_chat_messages"))
+    run = begin_run("20_rollback_coaching_tables", mode="execute",
+                    confirm_database=demo_db.name)
+    folder = drops.default_export_dir(coaching, "concurrent-writes")
+    application = Application(demo_db.url, kind).start()
+    try:
+        application.wait_for(5)
+        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        # The application keeps writing between the export and the drop (the gate, the
+        # checklists...), then during the drop itself.
+        application.wait_for(len(application.committed) + 20)
+        try:
+            frame = drops.rollback(run, coaching, folder)
+            dropped = bool((frame["check"] == "committed").any())
+        except PlaybookError as exc:  # allowed: then nothing may have been dropped
+            dropped, frame = False, str(exc)
+    finally:
+        application.stop()
+    writes = list(application.committed)
+    assert len(writes) >= 25, writes
+    expected = _expected(initial, writes)
+    if dropped:
+        assert coaching_tables_present(demo_db) == set()
+        exported = _exported_messages(folder)
+        missing = [w for w in writes if (w[0] == "update" and exported.get(str(w[1])) != w[2])
+                   or (w[0] == "replace" and (str(w[1]) in exported
+                                              or exported.get(str(w[2])) != w[3]))]
+        assert not missing, f"{len(missing)} of {len(writes)} committed writes are lost"
+        assert exported == expected
+    else:
+        assert len(coaching_tables_present(demo_db)) == 3, frame
+        with demo_db.connect() as conn:
+            assert _messages(conn.execute(
+                "SELECT id, body FROM public.sponsor_chat_messages")) == expected, frame
