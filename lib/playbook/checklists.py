@@ -124,6 +124,8 @@ CHECKLISTS: dict[str, tuple[str, dict[str, str]]] = {
 # The document's closing lists, shown and recorded together at the end of a notebook.
 CLOSING = ("after_rollback", "post_rollback_immediately", "post_rollback_24_hours",
            "post_rollback_week")
+# Items whose ticking by the playbook is a moment of the run's timeline.
+MOMENTS = {"data_export_completed": "export verified", "verification_run": "verification"}
 # Lists of things a change does: the playbook ticks them only for an executed change.
 DONE_ONLY_WHEN_EXECUTING = ("during_rollback", "recovery")
 
@@ -217,8 +219,15 @@ class Checklist:
             box.value = self.done[item]  # its observer sees no change and keeps ``by``
 
     def tick_done_by_playbook(self, item: str, evidence: str) -> None:
-        """Tick an item this run verifiably did, with the evidence (shown and recorded)."""
+        """Tick an item this run verifiably did, with the evidence (shown and recorded);
+        an export verified or a verification passed is also a moment of the run's
+        timeline (:mod:`playbook.journal`)."""
+        from . import journal
+
         self.tick(item, True, by=PLAYBOOK, evidence=evidence)
+        if item in MOMENTS:
+            journal.moment(MOMENTS[item], f"{self.items[item]}: {evidence}", passed=True,
+                           item=item)
 
     def require_done(self) -> pd.DataFrame:
         """The table if every item is done; PreconditionFailed naming the open ones."""

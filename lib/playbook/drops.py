@@ -42,6 +42,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from . import journal
 from .dependencies import (
     Dependent,
     check_include_dependents,
@@ -780,6 +781,15 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
     return result
 
 
+def _rows_dropped(export_dir: Path) -> dict[str, int]:
+    """Rows per table the drop deleted: the export's counts, which the drop proved equal
+    to the live counts under its lock."""
+    try:
+        return {f.table: f.rows for f in read_manifest(Path(export_dir)).files}
+    except (ExportMismatch, OSError, ValueError):
+        return {}
+
+
 class _RollBack(Exception):
     """Leave the transaction block so that it rolls back."""
 
@@ -809,6 +819,9 @@ def rollback(run, migration: Migration, export_dir: Path,
     with run.connect(purpose=f"{run.notebook}:drop") as conn:
         result = perform_drop(conn, migration, export_dir, include_dependents,
                               lock_timeout=lock_timeout)
+    if result.committed:  # what the record must say, even if nothing else can be written
+        journal.committed("the drop", result.dropped, _rows_dropped(export_dir),
+                          f"tables locked {result.lock_hold_ms:.0f} ms")
     frame = result.table()
     if result.committed:
         frame = pd.concat([frame, pd.DataFrame([{

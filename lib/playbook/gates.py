@@ -81,6 +81,7 @@ def normalise_answer(question_id: str, value: object) -> str | None:
     )
 
 
+TEAM_NOTIFIED = "team_notified"
 _SHOWN: dict[str, object] = {}
 
 # The gates of the notebook run in progress (set by runs.begin_run). Steps that change the
@@ -129,10 +130,13 @@ def _close_tree(box) -> None:
 
 @dataclass
 class Verification:
-    """A prerequisite the playbook checked itself."""
+    """A prerequisite the playbook checked itself. A note (``decides=False``) is evidence
+    shown beside the answer that does not close the gate (the team may have been told by
+    phone when no notification went out)."""
 
     passed: bool
     evidence: str
+    decides: bool = True
 
 
 @dataclass
@@ -153,16 +157,19 @@ class Gate:
             if qid in self.questions
         }
         self._widgets: dict = {}
+        if TEAM_NOTIFIED in self.questions:
+            _notification_evidence(self)
         if _RUN_GATES is not None:
             # A gate re-created by re-running its cell replaces the earlier one.
             _RUN_GATES[:] = [g for g in _RUN_GATES if g.name != self.name]
             _RUN_GATES.append(self)
 
-    def verify(self, question_id: str, passed: bool, evidence: str) -> None:
+    def verify(self, question_id: str, passed: bool, evidence: str,
+               *, decides: bool = True) -> None:
         """Attach a check's result to a question (the widget shows both)."""
         if question_id not in self.questions:
             raise KeyError(question_id)
-        self.verifications[question_id] = Verification(bool(passed), evidence)
+        self.verifications[question_id] = Verification(bool(passed), evidence, decides)
 
     # -- JupyterLab ---------------------------------------------------------------
 
@@ -184,7 +191,8 @@ class Gate:
             row = [label, toggle]
             if qid in self.verifications:
                 check = self.verifications[qid]
-                mark = "&#x2705; verified" if check.passed else "&#x274C; check failed"
+                mark = ("&#x2705; verified" if check.passed else
+                        "&#x274C; check failed" if check.decides else "&#x2139; note")
                 row.append(widgets.HTML(f"{mark}: {check.evidence}"))
             rows.append(widgets.VBox(row))
         return widgets.VBox(rows)
@@ -211,7 +219,8 @@ class Gate:
                 "question": qid,
                 "asked": text,
                 "answer": (answers[qid] or "(unanswered)").upper(),
-                "verified": "" if check is None else ("pass" if check.passed else "FAIL"),
+                "verified": "" if check is None else ("pass" if check.passed else
+                                                      "FAIL" if check.decides else "note"),
                 "evidence": "" if check is None else check.evidence,
             })
         return pd.DataFrame(rows)
@@ -224,15 +233,24 @@ class Gate:
             elif answer != YES:
                 failing[qid] = "answered NO"
             check = self.verifications.get(qid)
-            if check is not None and not check.passed:
+            if check is not None and check.decides and not check.passed:
                 failing[qid] = f"check failed ({check.evidence})"
         return failing
 
     def check(self) -> pd.DataFrame:
         """Raise GateClosed unless every question is YES and every check passed; return the
         answers as a table for the record."""
+        from . import journal, notify
+
         failing = self.failing()
+        answered = "; ".join(f"{qid}: {why}" for qid, why in failing.items())
+        journal.moment(journal.GATE, f"{self.name}: " + (f"CLOSED ({answered})" if failing
+                                                         else "open, every answer YES"),
+                       gate=self.name, open=not failing)
         if failing:
+            run = journal.current_run()
+            if run is not None:
+                notify.notify_run(run, notify.GATE_STOPPED, f"{self.name} closed: {answered}")
             raise GateClosed(failing, gate=self.name)
         return self.table()
 
@@ -252,3 +270,14 @@ def reject_unknown_answers(answers: Mapping[str, object], *gates: Gate) -> None:
             "Nothing was changed.",
             next_step=f"use the question ids {', '.join(known)}.",
         )
+
+
+def _notification_evidence(gate: Gate) -> None:
+    """The notification the playbook sent for this incident, beside "Has the team been
+    notified?": evidence when one was delivered, a note (never closing the gate) when
+    none was or it failed."""
+    from . import journal, notify
+
+    run = journal.current_run()
+    delivered, evidence = notify.team_notified_evidence(getattr(run, "incident_id", ""))
+    gate.verify(TEAM_NOTIFIED, delivered, evidence, decides=False)

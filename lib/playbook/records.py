@@ -13,15 +13,30 @@ not onto disk; every string of the executed notebook is scrubbed with
 :func:`connecting.redact` before anything is written, and a file that would still hold
 the live password is not written at all (:class:`RecordRefused`).
 
+A run leaves a journal as it goes (:mod:`playbook.journal`): the cell it is starting,
+written before the kernel runs it, and the moments its steps mark (a COMMIT with what it
+changed). A run killed with ``kill -9`` or whose kernel died is read back as *died*, with
+the last cell started and when. Before a run starts, room for its outcome is reserved
+beside the record; when the disk fills up during the run, that outcome is written first
+(into the reserved room, to a temporary file renamed into place, so no file is ever left
+cut off), then the rest as far as it fits; what could not be written is said on stderr,
+in a second place (``$XDG_STATE_HOME/playbook/records``, else ``/tmp``) and in the exit
+status (:data:`RECORD_INCOMPLETE`), naming what COMMITted.
+
 Where the incident folders are (and their exports) is :mod:`playbook.incidents`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
 import re
+import socket
+import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -36,13 +51,18 @@ import papermill
 import yaml
 from papermill.iorw import papermill_io
 
-from . import connecting
+from . import connecting, journal, notify
 from .errors import ConfigurationError, ObjectNotFound, RecordRefused
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id
 from .kernels import LocalSocketKernelManager
 
-SUCCEEDED, STOPPED, FAILED = "succeeded", "stopped at a gate", "failed"
+SUCCEEDED, STOPPED, FAILED, DIED = "succeeded", "stopped at a gate", "failed", "died"
+# Exit status of `playbook run` when the run ended but its record could not be written
+# whole (a full disk): the message says what COMMITted and where the outcome went.
+RECORD_INCOMPLETE = 3
+# Room kept free beside the record for its outcome, whatever fills the disk meanwhile.
+RESERVE_BYTES = 256 * 1024
 GATE_EXCEPTIONS = {"GateClosed"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RECORD_METADATA_KEY = "playbook_record"
@@ -140,6 +160,7 @@ class _MemoryHandler:
 
     def __init__(self) -> None:
         self.buffers: dict[str, str] = {}
+        self.watchers: dict[str, object] = {}
         self.lock = threading.Lock()
 
     def read(self, path: str) -> str:
@@ -148,6 +169,9 @@ class _MemoryHandler:
     def write(self, buf: str, path: str) -> None:
         with self.lock:
             self.buffers[path] = buf
+            watcher = self.watchers.get(path)
+        if watcher is not None:
+            watcher(buf)  # papermill saves at every cell start: the journal learns of it
 
     def listdir(self, path: str) -> list[str]:
         return []
@@ -157,7 +181,44 @@ class _MemoryHandler:
 
     def pop(self, path: str) -> str | None:
         with self.lock:
+            self.watchers.pop(path, None)
             return self.buffers.pop(path, None)
+
+    def peek(self, path: str) -> str | None:
+        with self.lock:
+            return self.buffers.get(path)
+
+
+class _CellJournal:
+    """Journals each cell as papermill starts it (from its in-memory saves), so a run
+    killed mid-cell leaves the cell it was in and when it started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.running: dict | None = None
+
+    def __call__(self, text: str) -> None:
+        try:
+            notebook = nbformat.reads(text, as_version=4)
+        except Exception:  # a save we cannot read is not worth stopping the run for
+            return
+        cells = _recorded_cells(notebook)
+        for index, cell in enumerate(cells):
+            stamp = cell.get("metadata", {}).get("papermill", {})
+            if stamp.get("status") == "running":
+                if self.running is None or self.running["cell"] != index:
+                    source = cell.get("source", "").strip().splitlines()
+                    self.running = {
+                        "at": stamp.get("start_time") or journal.now(), "event": journal.CELL,
+                        "cell": index, "step": _step_of(cells, index),
+                        "source": source[0][:200] if source else ""}
+                    journal.append(self.path, self.running)
+                return
+
+
+def _recorded_cells(notebook: Mapping) -> list:
+    return [c for c in notebook.get("cells", [])
+            if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
 
 
 _MEMORY = _MemoryHandler()
@@ -193,7 +254,9 @@ def scrub(value: object, secrets: Iterable[str]) -> object:
 
 
 def write_scrubbed(path: Path, text: str, secrets: Iterable[str]) -> None:
-    """Write ``text`` unless it still holds a secret (then refuse, writing nothing)."""
+    """Write ``text`` unless it still holds a secret (then refuse, writing nothing). The
+    text goes to a temporary file renamed into place: a full disk leaves the previous
+    file (or none), never one cut off."""
     leaked = [s for s in secrets if s and s in text]
     if leaked:
         raise RecordRefused(
@@ -202,7 +265,18 @@ def write_scrubbed(path: Path, text: str, secrets: Iterable[str]) -> None:
             next_step="the run itself happened; read its outcome in the other files of the "
             "incident, and report this as a bug in the playbook.",
         )
-    path.write_text(text)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 # --- the record ---------------------------------------------------------------------------
@@ -224,10 +298,37 @@ class Record:
     why: str = ""
     target: str = ""
     files: dict = field(default_factory=dict)
+    mode: str = ""
+    # What the run's steps marked as they went (journal.moment): gates, exports verified,
+    # COMMITs with what they changed, verifications, notifications.
+    moments: list = field(default_factory=list)
+    notifications: list = field(default_factory=list)
+    # The files of the record that could not be written (name -> why), and where the
+    # outcome went instead.
+    unwritten: dict = field(default_factory=dict)
+    fallback: str = ""
+
+    @property
+    def committed(self) -> list[dict]:
+        return journal.commits_in(self.moments or [])
 
     @property
     def exit_code(self) -> int:
+        if self.unwritten:
+            return RECORD_INCOMPLETE
         return 0 if self.outcome == SUCCEEDED else 1
+
+    def record_problem(self) -> str:
+        """What the operator must hear when the record could not be written whole."""
+        if not self.unwritten:
+            return ""
+        what = journal.describe_commits(self.moments or [])
+        head = f"{what} COMMITTED" if what else "nothing was committed by this run"
+        reasons = "; ".join(f"{name}: {why}" for name, why in self.unwritten.items())
+        where = (f"The outcome is in {self.fallback}" if self.fallback
+                 else f"The outcome is in {self.files.get('record')}")
+        return (f"{head}; the record could not be written ({reasons}). {where}. "
+                f"The run itself {self.outcome}.")
 
     @property
     def folder(self) -> Path:
@@ -242,12 +343,16 @@ class Record:
             text += f" at cell {self.where.get('cell')} ({self.where.get('step')})"
         if self.why:
             text += f": {self.why}"
+        what = journal.describe_commits(self.moments or [])
+        if what and self.outcome != SUCCEEDED:
+            text += f" ({what} COMMITTED)"
         return text
 
 
-def _claim_number(folder: Path, stem: str) -> tuple[int, Path]:
+def _claim_number(folder: Path, stem: str, stub: Mapping | None = None) -> tuple[int, Path]:
     """The next NN in ``folder``, claimed by creating its JSON exclusively (two runs
-    started at once get different numbers)."""
+    started at once get different numbers). The JSON says the run is running, who runs
+    it and from which process, until the run's outcome replaces it."""
     while True:
         taken = [int(m.group(1)) for p in folder.glob("*.json")
                  if (m := re.match(r"(\d+)-", p.name))]
@@ -258,7 +363,7 @@ def _claim_number(folder: Path, stem: str) -> tuple[int, Path]:
         except FileExistsError:
             continue
         with os.fdopen(fd, "w") as handle:
-            json.dump({"status": "running"}, handle)
+            json.dump({"status": "running", "number": number, **(stub or {})}, handle)
         return number, path
 
 
@@ -338,44 +443,133 @@ def run_notebook(
 
     folder = folder or incident_folder(incident_id, root)
     folder.mkdir(parents=True, exist_ok=True)
-    number, record_path = _claim_number(folder, path.stem)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    mode = str(merged.get("mode") or "review")
+    number, record_path = _claim_number(folder, path.stem, {
+        "incident_id": incident_id, "notebook": path.stem, "operator": operator,
+        "started_at": started_at, "target": target, "mode": mode,
+        "pid": os.getpid(), "host": socket.gethostname()})
     base = record_path.with_suffix("")
     record = Record(
         incident_id=incident_id, number=number, notebook=path.stem, operator=operator,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"), parameters=merged,
-        target=target,
+        started_at=started_at, parameters=merged, target=target, mode=mode,
         files={"notebook": str(base) + ".ipynb", "html": str(base) + ".html",
-               "record": str(record_path)},
+               "record": str(record_path), "journal": str(journal.path_for(record_path))},
     )
+    journal_file = Path(record.files["journal"])
+    reserve = _reserve_room(record_path, journal_file)
+    # Held until the record is written: a reader that can take this lock knows the run
+    # is no longer running (killed), whatever became of its process id.
+    alive = open(journal_file, "ab")  # noqa: SIM115 - closed in the finally below
+    fcntl.flock(alive, fcntl.LOCK_EX)
     memory_path = f"{_MEMORY.scheme}{uuid.uuid4().hex}.ipynb"
-    crash = ""
+    cells = _CellJournal(journal_file)
+    _MEMORY.watchers[memory_path] = cells
+    crash, interrupted = "", False
     try:
-        papermill.execute_notebook(
-            str(path), memory_path, parameters=merged, kernel_name="python3",
-            progress_bar=False, log_output=False, cwd=str(cwd or Path.cwd()),
-            kernel_manager_class=LocalSocketKernelManager,
-        )
-    except papermill.PapermillExecutionError:
-        pass  # read from the executed notebook below, cell by cell
-    except Exception as exc:  # the kernel died, timed out, or could not start
-        crash = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-    text = _MEMORY.pop(memory_path)
-    executed = nbformat.reads(text, as_version=4) if text else nbformat.read(path, as_version=4)
-    record.ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            papermill.execute_notebook(
+                str(path), memory_path, parameters=merged, kernel_name="python3",
+                progress_bar=False, log_output=False, cwd=str(cwd or Path.cwd()),
+                kernel_manager_class=_kernel_manager_with_journal(journal_file),
+            )
+        except papermill.PapermillExecutionError:
+            pass  # read from the executed notebook below, cell by cell
+        except KeyboardInterrupt:
+            interrupted = True
+            crash = "interrupted (Ctrl-C)"
+        except Exception as exc:  # the kernel died, timed out, or could not start
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            crash = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        text = _MEMORY.pop(memory_path)
+        executed = (nbformat.reads(text, as_version=4) if text
+                    else nbformat.read(path, as_version=4))
+        record.ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+        record.moments = journal.merged(
+            [e for e in journal.read(journal_file) if e.get("event") != journal.CELL],
+            journal.moments_in(executed))
 
-    where, ename, evalue = where_it_stopped(executed)
-    if where is None and not crash:
-        record.outcome = SUCCEEDED
-    else:
-        record.outcome = STOPPED if ename in GATE_EXCEPTIONS else FAILED
-        record.where = where
-        record.why = f"{ename}: {evalue}" if ename else crash or "the notebook did not finish"
-    _write_record(record, executed, secrets)
+        where, ename, evalue = where_it_stopped(executed)
+        if crash:
+            record.outcome = DIED
+            record.where = where or _where_from(cells.running)
+            step = (f" while cell {record.where['cell']} ({record.where['step']}) was running"
+                    if record.where else "")
+            died_how = ("the run was interrupted (Ctrl-C)" if interrupted
+                        else f"the kernel died ({crash})")
+            record.why = f"{died_how}{step}"
+            record.moments.append({"id": uuid.uuid4().hex, "at": journal.now(),
+                                   "event": journal.DIED, "text": record.why})
+        elif where is None:
+            record.outcome = SUCCEEDED
+        else:
+            record.outcome = STOPPED if ename in GATE_EXCEPTIONS else FAILED
+            record.where = where
+            record.why = f"{ename}: {evalue}" if ename else "the notebook did not finish"
+        if ename == "VerificationFailed":
+            record.moments.append({"id": uuid.uuid4().hex, "at": record.ended_at,
+                                   "event": journal.VERIFICATION, "passed": False,
+                                   "text": evalue})
+        record.notifications = [m for m in record.moments
+                                if m.get("event") == journal.NOTIFICATION]
+        _write_record(record, executed, secrets, reserve)
+    finally:
+        _MEMORY.pop(memory_path)
+        with contextlib.suppress(OSError):
+            reserve.unlink()
+        alive.close()
+    if interrupted:
+        raise KeyboardInterrupt
     return record
 
 
+def _where_from(cell: dict | None) -> dict | None:
+    if not cell:
+        return None
+    return {"cell": cell["cell"], "execution_count": None, "step": cell.get("step", ""),
+            "source": cell.get("source", ""), "started_at": cell.get("at")}
+
+
+def _kernel_manager_with_journal(path: Path) -> type[LocalSocketKernelManager]:
+    """The playbook's kernel manager, telling the kernel where this run's journal is."""
+
+    class JournalledKernelManager(LocalSocketKernelManager):
+        async def start_kernel(self, **kw: object) -> None:
+            env = dict(kw.pop("env", None) or os.environ)  # type: ignore[arg-type]
+            env[journal.JOURNAL_ENV] = str(path)
+            return await super().start_kernel(env=env, **kw)
+
+    return JournalledKernelManager
+
+
+def _reserve_room(record_path: Path, journal_file: Path) -> Path:
+    """Set aside :data:`RESERVE_BYTES` beside the record (freed to write its outcome);
+    refuse to run, changing nothing, when even that does not fit."""
+    reserve = record_path.with_name(f".{record_path.stem}.reserve")
+    try:
+        fd = os.open(reserve, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+        journal_file.touch()
+    except OSError as exc:
+        for leftover in (reserve, journal_file, record_path):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise RecordRefused(
+            f"There is no room to record this run in {record_path.parent} ({exc.strerror}). "
+            "Nothing was run or changed.",
+            next_step="free some space there, or point PLAYBOOK_INCIDENTS at a folder on "
+            "another disk, then run again.") from None
+    return reserve
+
+
 def _write_record(record: Record, executed: nbformat.NotebookNode,
-                  secrets: list[str]) -> None:
+                  secrets: list[str], reserve: Path | None = None) -> None:
+    """The outcome first (the JSON, into the room reserved for it), then the executed
+    notebook and its HTML copy as far as the disk allows; then the team is told; then
+    the JSON again with what could not be written and the notification."""
     from nbconvert import HTMLExporter
 
     executed.metadata.setdefault("papermill", {})["output_path"] = record.files["notebook"]
@@ -384,26 +578,161 @@ def _write_record(record: Record, executed: nbformat.NotebookNode,
     summary = scrub(record.as_dict(), secrets)
     # The record's own fields are scrubbed too (a password in an error message).
     record.why, record.where = summary["why"], summary["where"]
-    write_scrubbed(Path(record.files["notebook"]), nbformat.writes(clean), secrets)
-    html, _ = HTMLExporter().from_notebook_node(clean)
-    write_scrubbed(Path(record.files["html"]), str(scrub(html, secrets)), secrets)
-    write_scrubbed(Path(record.files["record"]), json.dumps(summary, indent=2) + "\n", secrets)
+    if reserve is not None:
+        with contextlib.suppress(OSError):
+            reserve.unlink()  # its room is now the outcome's
+    _attempt(record, "record", lambda: write_scrubbed(
+        Path(record.files["record"]), json.dumps(summary, indent=2) + "\n", secrets))
+    _attempt(record, "notebook", lambda: write_scrubbed(
+        Path(record.files["notebook"]), nbformat.writes(clean), secrets))
+
+    def html() -> None:
+        page, _ = HTMLExporter().from_notebook_node(clean)
+        write_scrubbed(Path(record.files["html"]), str(scrub(page, secrets)), secrets)
+
+    _attempt(record, "html", html)
+    if record.mode == "execute":
+        event = notify.DIED if record.outcome == DIED else notify.ENDED
+        outcome = record.summary() + (f". {record.record_problem()}" if record.unwritten else "")
+        sent = notify.send(notify.Notice(event, record.incident_id, record.notebook,
+                                         record.target, record.operator, outcome,
+                                         record.files["notebook"]), secrets)
+        if sent is not None:
+            print(f"playbook: {notify.summary(sent)}", file=sys.stderr)
+            entry = {"id": uuid.uuid4().hex, "at": journal.now(),
+                     "event": journal.NOTIFICATION, "text": notify.summary(sent), **sent}
+            record.moments.append(entry)
+            record.notifications.append(entry)
+    if "record" in record.unwritten:
+        record.fallback = _write_elsewhere(record, secrets)
+    text = json.dumps(scrub(record.as_dict(), secrets), indent=2) + "\n"
+    if record.unwritten or record.notifications:
+        target = Path(record.fallback) if record.fallback else Path(record.files["record"])
+        with contextlib.suppress(OSError):
+            write_scrubbed(target, text, secrets)
+
+
+def _attempt(record: Record, name: str, write) -> bool:
+    """Write one file of the record; a full disk (or any OS error) is noted, not raised:
+    the rest of the record is still tried."""
+    try:
+        write()
+        return True
+    except OSError as exc:
+        record.unwritten[name] = f"{Path(record.files[name]).name}: {exc.strerror or exc}"
+        return False
+
+
+def fallback_folders() -> list[Path]:
+    """Where an outcome goes when the incident folder cannot take it."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return [Path(state) / "playbook" / "records",
+            Path(tempfile.gettempdir()) / f"playbook-records-{os.getuid()}"]
+
+
+def _fallback_name(record_path: Path) -> str:
+    return f"{record_path.parent.name}-{record_path.name}"
+
+
+def _write_elsewhere(record: Record, secrets: list[str]) -> str:
+    """The outcome on stderr, and in the first fallback folder that takes it."""
+    record_path = Path(record.files["record"])
+    for folder in fallback_folders():
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target = folder / _fallback_name(record_path)
+            record.fallback = str(target)
+            write_scrubbed(target, json.dumps(scrub(record.as_dict(), secrets), indent=2),
+                           secrets)
+            break
+        except OSError:
+            record.fallback = ""
+    print("playbook: the record could not be written; its outcome follows.\n"
+          + json.dumps(scrub(record.as_dict(), secrets), indent=2), file=sys.stderr)
+    return record.fallback
 
 
 # --- reading records back -----------------------------------------------------------------
 
 
 def read_records(folder: Path) -> list[Record]:
-    """The finished runs of an incident folder, in order."""
+    """The finished runs of an incident folder, in order, and the runs that died: a run
+    whose record still says "running" while nothing holds its journal any more was
+    killed; it is read back from its journal (the last cell started, and when)."""
     records = []
     for path in sorted(folder.glob("*.json"), key=lambda p: p.name):
         if not re.match(r"\d+-", path.name):
             continue
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue  # never written whole (only a playbook older than journals did that)
         if data.get("status") == "running":
+            elsewhere = _written_elsewhere(path)
+            record = _record_of(elsewhere) if elsewhere else _died(path, data)
+            if record is not None:
+                records.append(record)
             continue
-        records.append(Record(**{k: data.get(k) for k in Record.__dataclass_fields__}))
+        records.append(_record_of(data))
     return records
+
+
+def _record_of(data: Mapping) -> Record:
+    fields = {k: data.get(k) for k in Record.__dataclass_fields__ if k in data}
+    return Record(**fields)
+
+
+def _written_elsewhere(path: Path) -> dict | None:
+    """The outcome a full disk sent to a fallback folder, if there is one."""
+    for folder in fallback_folders():
+        candidate = folder / _fallback_name(path)
+        try:
+            return json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def still_running(journal_file: Path) -> bool:
+    """Whether the `playbook run` that writes ``journal_file`` still holds it."""
+    try:
+        with open(journal_file, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def _died(path: Path, stub: Mapping) -> Record | None:
+    """A run whose process ended before its record was written, from its journal; None
+    while it still runs (or for a record without a journal)."""
+    journal_file = journal.path_for(path)
+    if not journal_file.is_file() or still_running(journal_file):
+        return None
+    entries = journal.read(journal_file)
+    cells = [e for e in entries if e.get("event") == journal.CELL]
+    last = cells[-1] if cells else None
+    ended = entries[-1].get("at") if entries else stub.get("started_at", "")
+    where = _where_from(last)
+    why = ("the playbook run process ended without writing the record (killed?)"
+           + (f" while cell {last['cell']} ({last.get('step', '')}) was running, started "
+              f"{last.get('at')}" if last else " before the first cell started"))
+    base = path.with_suffix("")
+    moments = [e for e in entries if e.get("event") != journal.CELL]
+    moments.append({"id": f"died-{path.name}", "at": ended, "event": journal.DIED, "text": why})
+    return Record(
+        incident_id=str(stub.get("incident_id", "")), number=int(stub.get("number") or
+                                                                 path.name.split("-")[0]),
+        notebook=str(stub.get("notebook") or path.stem.split("-", 1)[-1]),
+        operator=str(stub.get("operator", "")), started_at=str(stub.get("started_at", "")),
+        ended_at=str(ended or ""), outcome=DIED, where=where, why=why,
+        target=str(stub.get("target", "")), mode=str(stub.get("mode", "")), moments=moments,
+        files={"notebook": str(base) + ".ipynb", "html": str(base) + ".html",
+               "record": str(path), "journal": str(journal_file)})
 
 
 def list_incidents(root: Path | None = None) -> pd.DataFrame:

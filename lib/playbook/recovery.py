@@ -26,6 +26,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from . import journal
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
@@ -475,4 +476,9 @@ def recover(run, migration: Migration, folder: Path,
                               "observed": "", "expected": "mode='execute' to perform"}])
     run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recover") as conn:
-        return perform_recovery(conn, migration, folder, lock_timeout=lock_timeout).table()
+        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout)
+    if result.committed:
+        journal.committed("the recovery", [f"{migration.name} re-applied", *result.imported],
+                          result.imported,
+                          f"sequences moved: {', '.join(result.sequences) or 'none'}")
+    return result.table()

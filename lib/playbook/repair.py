@@ -34,7 +34,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import flags, supabase_dumps, table_diff
+from . import flags, journal, supabase_dumps, table_diff
 from .errors import ConfigurationError, PreconditionFailed, VerificationFailed
 from .fingerprint import table_checksum
 from .gates import Gate, reject_unknown_answers
@@ -634,6 +634,10 @@ def repair_step(job: SurgicalRestore) -> pd.DataFrame:
     job.run.require_open_gates()
     with job.scratch_connection() as scratch, job.run.connect(purpose="31_restore_tables") as live:
         job.result = execute_repair(scratch, live, job.plan)
+    journal.committed("the repair", list(job.result.written),
+                      {t: sum(c.values()) for t, c in job.result.written.items()},
+                      "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in c.items())
+                                for t, c in job.result.written.items()))
     return job.result.table()
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import psycopg
 
-from . import connecting
+from . import connecting, journal, notify
 from .gates import (
     confirm_target,
     require_answer_mapping,
@@ -106,7 +106,7 @@ def begin_run(
         database = connecting.current_database(conn)
         version = conn.execute("SHOW server_version").fetchone()[0]
     confirm_target(database, mode, confirm_database)
-    return Run(
+    run = Run(
         notebook=notebook,
         mode=mode,
         database_url_env=database_url_env,
@@ -118,3 +118,6 @@ def begin_run(
         operator=operator,
         gates=start_run_gates(),
     )
+    journal.begin(run)
+    notify.notify_run(run, notify.STARTED, "the run started in execute mode")
+    return run

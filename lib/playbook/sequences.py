@@ -33,6 +33,7 @@ import psycopg
 import yaml
 from psycopg import sql
 
+from . import journal
 from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, VerificationFailed
 from .gates import Gate, reject_unknown_answers
 from .locks import take_playbook_lock
@@ -355,6 +356,10 @@ def run_rollback(run: Run, diagnosis: SequenceDiagnosis) -> RollbackOutcome:
             _require_verified(checks, after, "The sequence reset")
     summary = (f"reset committed: {before.diagnosis} -> {after.diagnosis}" if plan.steps
                else "already healthy: nothing to reset, nothing was changed")
+    if plan.steps:
+        journal.committed("the sequence reset", [str(before.sequence), str(before.target)],
+                          {}, f"{before.diagnosis} -> {after.diagnosis}, next id "
+                          f"{after.next_value}")
     return RollbackOutcome("execute", plan, before, after, checks, summary)
 
 
@@ -549,6 +554,8 @@ def recover_sequence(run: Run, diagnosis: SequenceDiagnosis, *,
             after = diagnose(conn, change_set.table, change_set.column)
             checks = verification_checks(conn, after)
             _require_verified(checks, after, "The re-applied forward script")
+    journal.committed("the sequence recovery", [change_set.deploy.name, str(after.sequence)],
+                      {}, after.diagnosis)
     return Recovery(f"forward script re-applied and committed: {after.diagnosis}",
                     change_set, checks)
 

@@ -1,13 +1,16 @@
 """``playbook run|incidents|timeline|inventory|rehearse``: incident records and rehearsals.
 
 The library is imported inside each command, so `playbook --help` stays quick.
-``playbook run`` exits 0 when the notebook succeeded, 1 when it stopped at a gate or
-failed (recorded either way), and 2 on bad input (nothing run, nothing recorded).
+``playbook run`` exits 0 when the notebook succeeded, 1 when it stopped at a gate, failed
+or died (recorded either way), 2 on bad input (nothing run, nothing recorded), and 3 when
+the run ended but its record could not be written whole (a full disk): stderr then says
+what COMMITted and where the outcome went.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -52,7 +55,11 @@ def run_command(args: argparse.Namespace) -> int:
         args.notebook, args.incident, dict(args.parameter), args.parameters_file,
         operator=args.operator, notebooks_dir=args.notebooks)
     print(record.summary())
-    print(f"record: {record.files['notebook']} (+ .html, .json)")
+    if record.unwritten:
+        # A full disk: the change may have COMMITTED even though the record is incomplete.
+        print(f"playbook: {record.record_problem()}", file=sys.stderr)
+    else:
+        print(f"record: {record.files['notebook']} (+ .html, .json)")
     return record.exit_code
 
 
