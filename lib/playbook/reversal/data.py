@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import VerificationFailed
-from ..exports import ExportedFile, Manifest, export_query
+from ..exports import ExportedFile, Manifest
 from ..names import QualifiedName
 from .schema_diff import MANAGED_SCHEMAS
 
@@ -79,6 +79,11 @@ class DataAtStake:
     def tables_to_export(self) -> list[QualifiedName]:
         return [*self.created_tables, *self.added_columns]
 
+    def manifest_extra(self) -> dict:
+        """What the recovery needs to know of the export, kept in its manifest."""
+        return {"added_columns": {str(t): c for t, c in self.added_columns.items()},
+                "created_tables": [str(t) for t in self.created_tables]}
+
     def table(self) -> pd.DataFrame:
         rows = [(str(t), "table created by the migration", "exported whole, then dropped")
                 for t in self.created_tables]
@@ -115,27 +120,6 @@ def lock_against_writes(conn: psycopg.Connection, tables: list[QualifiedName]) -
     if tables:
         conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
             sql.SQL(", ").join(t.identifier for t in tables)))
-
-
-def export_at_stake(conn: psycopg.Connection, stake: DataAtStake, folder: Path,
-                    *, purpose: str) -> Manifest:
-    """Export every table at stake in the caller's transaction (so, under its locks, the
-    very rows the drop will remove), one CSV each; the caller writes the manifest."""
-    from datetime import UTC, datetime
-
-    manifest = Manifest(created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                        database=conn.info.dbname, purpose=purpose,
-                        extra={"added_columns": {str(t): c
-                                                 for t, c in stake.added_columns.items()},
-                               "created_tables": [str(t) for t in stake.created_tables]})
-    folder.mkdir(parents=True, exist_ok=True)
-    for table in stake.tables_to_export:
-        file = f"{table.schema}.{table.name}.csv"
-        rows, size, digest = export_query(
-            conn, sql.SQL("SELECT * FROM {}").format(table.identifier), folder / file)
-        manifest.files.append(ExportedFile(str(table), table.schema, table.name, file, rows,
-                                           size, digest))
-    return manifest
 
 
 def primary_key(conn: psycopg.Connection, table: QualifiedName) -> list[str]:

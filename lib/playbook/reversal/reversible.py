@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigurationError, ExportMismatch
-from ..exports import MANIFEST, read_manifest, require_sound_export, verify_files
+from ..exports import MANIFEST, export_tables, read_manifest, require_sound_export, verify_files
 from ..scratch_servers import scratch_server
 from . import plan as planning
-from .data import data_at_stake, export_at_stake
+from .data import data_at_stake
 from .from_backup import backup_states
 from .rollback import (
     history_removal,
@@ -125,10 +125,12 @@ class ReversibleMigration:
         """A first export of the data at stake (read-only); the rollback exports again
         under its write-blocking locks, and that is the export the recovery uses."""
         run.require_open_gates()
-        with self.states() as states, run.connect(read_only=True) as live:
+        with self.states() as states:
             stake = data_at_stake(states.before, states.after)
-            manifest = export_at_stake(live, stake, Path(export_dir) / "preview",
-                                       purpose=f"preview of the rollback of {self.target.label}")
+        with run.connect(read_only=True, purpose=f"{run.notebook}:export") as live:
+            manifest = export_tables(live, stake.tables_to_export, Path(export_dir) / "preview",
+                                     purpose=f"preview of the rollback of {self.target.label}",
+                                     extra=stake.manifest_extra())
         return pd.DataFrame([{"table": f.table, "rows": f.rows, "sha256": f.sha256[:16]}
                              for f in manifest.files])
 

@@ -20,12 +20,21 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from ..errors import ExportMismatch, PreconditionFailed, VerificationFailed
-from ..exports import ExportedFile, export_query, require_sound_export, write_manifest
+from ..errors import ExportFailed, ExportMismatch, PreconditionFailed, VerificationFailed
+from ..exports import (
+    ExportedFile,
+    export_in_transaction,
+    export_query,
+    mark_complete,
+    require_finished,
+    require_sound_export,
+    verify_files,
+    write_manifest,
+)
 from ..locks import take_playbook_lock
 from ..names import QualifiedName
 from ..recovery import set_owned_sequences
-from .data import DataAtStake, export_at_stake, lock_against_writes, restore_at_stake
+from .data import DataAtStake, lock_against_writes, restore_at_stake
 from .plan import ReversePlan, ShadowStates, perform_reversal
 from .schema_diff import schema_plan
 from .shadow import MigrationFile, apply_sql
@@ -90,12 +99,17 @@ def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: Sha
     result = RollbackResult(statements=[], export_dir=export_dir)
     _require_idle(conn)
     with conn.transaction():
+        # READ COMMITTED whatever the session's default: the export's snapshot must be
+        # taken after the write lock is granted, not at BEGIN.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         _set_limits(conn, lock_timeout)
         take_playbook_lock(conn, lock_scope(plan.migration))
         lock_against_writes(conn, stake.tables_to_export)
-        manifest = export_at_stake(conn, stake, export_dir,
-                                   purpose=f"rollback of {plan.migration.label}")
-        manifest.extra.update(migration=plan.migration.label, drift=plan.drift)
+        manifest = export_in_transaction(
+            conn, stake.tables_to_export, export_dir, lock_timeout=lock_timeout,
+            purpose=f"rollback of {plan.migration.label} (taken under its write lock)",
+            extra={**stake.manifest_extra(), "migration": plan.migration.label,
+                   "drift": plan.drift})
         if plan.history_versions:
             rows, size, digest = export_query(conn, sql.SQL(
                 "SELECT * FROM supabase_migrations.schema_migrations WHERE version = {}"
@@ -106,6 +120,13 @@ def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: Sha
             result.history_removed = True
         result.statements = perform_reversal(conn, plan, states)
         write_manifest(export_dir, manifest)
+        problems = verify_files(export_dir, manifest)
+        if problems:
+            raise ExportFailed(
+                f"The export in {export_dir} could not be verified ({'; '.join(problems)}). "
+                "The transaction is rolled back: nothing was changed.",
+                next_step="check the disk holding the export folder, then run again.")
+        mark_complete(export_dir, manifest)  # durable before COMMIT
         result.exported = {f.table: f.rows for f in manifest.files}
     return result
 
@@ -126,6 +147,7 @@ class RecoveryResult:
 def recover_migration(conn: psycopg.Connection, target: MigrationFile, states: ShadowStates,
                       export_dir: Path, *, lock_timeout: str = "2s") -> RecoveryResult:
     """Re-apply ``target`` and put back what its rollback exported, all or nothing."""
+    require_finished(Path(export_dir))
     manifest = require_sound_export(Path(export_dir))
     if manifest.extra.get("migration") != target.label:
         raise ExportMismatch(
