@@ -36,12 +36,14 @@ browser-deps: install
 	tests fail until then (PLAYBOOK_SKIP_BROWSER=1 skips them knowingly)."
 
 ## Debian's PostgreSQL 15 (what Supabase runs): the suite runs its both_versions tests on it.
+## --reinstall: also when the package is registered but its files are gone.
 pg15-deps:
 	@if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && \
 	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "pg15-deps: installing Debian's postgresql-15 for the PostgreSQL 15 tests"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-15 >/dev/null; \
+	  apt-get update -qq >/dev/null && \
+	  apt-get install -y -qq --reinstall postgresql-15 postgresql-client-15 >/dev/null; \
 	fi
 
 lab: install

@@ -76,6 +76,7 @@ from .migrations import Migration
 from .names import QualifiedName
 from .pgbinaries import client_program
 from .queries import translated_errors
+from .reversal.reversible import ReversibleMigration
 from .verification import Check, checks_table
 
 DEFAULT_LOCK_TIMEOUT = "2s"
@@ -301,12 +302,17 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
 
 def review_drop(run, migration: Migration, include_dependents: list[str] = ()) -> DropPlan:
     """The plan, built read-only (review mode shows exactly what execute would run)."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.review(run)[0]
     with run.connect(read_only=True, purpose=f"{run.notebook}:review") as conn:
         return build_drop_plan(conn, migration, include_dependents)
 
 
 def inspect_migration(run, migration: Migration) -> Inventory:
-    """Step 2: what the migration created, which of it exists, with row counts."""
+    """Step 2: what the migration created, which of it exists, with row counts (for a
+    migration reversed by schema diff: the data at stake)."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.review(run)[1]
     with run.connect(read_only=True) as conn:
         return find_in_database(conn, migration)
 
@@ -318,6 +324,8 @@ def inspect_dependents(run, migration: Migration,
     from IPython.display import display
 
     include_dependents = check_include_dependents(include_dependents)
+    if isinstance(migration, ReversibleMigration):
+        return migration.dependents_table(run)
     with run.connect(read_only=True) as conn:
         dependents = find_dependents(conn, find_in_database(conn, migration,
                                                             count_rows=False))
@@ -352,8 +360,11 @@ def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
             "final export, holding every committed write, before it drops anything).")
     gate = Gate(f"Rollback of {migration.name}: STOP", questions, run.answers)
     if (export_dir / MANIFEST).exists():
-        with run.connect(read_only=True) as conn:
-            problems = export_problems(conn, migration, export_dir)
+        if isinstance(migration, ReversibleMigration):
+            problems = migration.export_problems(export_dir)
+        else:
+            with run.connect(read_only=True) as conn:
+                problems = export_problems(conn, migration, export_dir)
         gate.verify("data_exported", not problems,
                     "; ".join(problems) or f"verified: the manifest in {export_dir} matches "
                     "the live data")
@@ -367,7 +378,11 @@ def export_migration_data(run, migration: Migration, export_dir: Path,
                           *, archive: bool = True, show_progress: bool = True) -> pd.DataFrame:
     """Step 1: every table of the migration to CSV with rows and SHA-256 in manifest.json
     (one snapshot), plus a pg_dump custom-format archive of the tables. Read-only for the
-    database; writes only into ``export_dir``. Runs only while the run's gates are open."""
+    database; writes only into ``export_dir``. Runs only while the run's gates are open.
+    (A migration reversed by schema diff exports what its reversal destroys beside it, as a
+    preview: its rollback exports again under its write lock, into ``export_dir``.)"""
+    if isinstance(migration, ReversibleMigration):
+        return migration.export(run, export_dir)
     run.require_open_gates()
     export_dir = Path(export_dir)
     with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
@@ -810,6 +825,8 @@ def rollback(run, migration: Migration, export_dir: Path,
              *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Step 3, Perform: in execute mode drop (see :func:`perform_drop`); in review mode
     say what would be dropped and change nothing."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.roll_back(run, export_dir, lock_timeout=lock_timeout)
     if not run.executing:
         plan = review_drop(run, migration, include_dependents)
         return pd.DataFrame([{"check": "review mode: nothing was dropped", "result": "",

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from .errors import ConfigurationError
 from .migrations import Migration
+from .names import QualifiedName
 
 DEFAULT_SCHEMA = "public"
 # The order a rollback shows (and, reversed where it matters, drops) them in.
@@ -242,6 +243,28 @@ def owned_sequences(conn: psycopg.Connection, table_oid: int) -> list[tuple[str,
         """,
         (table_oid,),
     ).fetchall()]
+
+
+def set_owned_sequences(conn: psycopg.Connection, table: QualifiedName) -> dict[str, int]:
+    """Every sequence owned by a column of ``table`` moved past that column's MAX; an
+    empty table's sequence set to its minimum with is_called = false. Returns the next
+    value each will hand out."""
+    oid = conn.execute("SELECT %s::regclass::oid", (table.identifier.as_string(conn),)
+                       ).fetchone()[0]
+    moved = {}
+    for schema, name, column in owned_sequences(conn, oid):
+        sequence = sql.Identifier(schema, name).as_string(conn)
+        highest = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(column), table.identifier)).fetchone()[0]
+        minimum = conn.execute("SELECT seqmin FROM pg_sequence WHERE seqrelid = %s::regclass",
+                               (sequence,)).fetchone()[0]
+        if highest is None or highest < minimum:
+            conn.execute("SELECT setval(%s::regclass, %s, false)", (sequence, minimum))
+            moved[f"{schema}.{name}"] = minimum
+        else:
+            conn.execute("SELECT setval(%s::regclass, %s, true)", (sequence, highest))
+            moved[f"{schema}.{name}"] = highest + 1
+    return moved
 
 
 def find_in_database(conn: psycopg.Connection, migration: Migration,

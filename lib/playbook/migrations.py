@@ -65,9 +65,21 @@ def _refuse(what: str) -> ObjectNotFound:
     )
 
 
-def load_migration(name_or_path: str | Path) -> Migration:
+def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", backup: str = "",
+                   scratch_url_env: str = ""):
     """The change set called ``name_or_path`` (a folder under lib/playbook/migrations), or
-    the one at that path (a change-set folder, or a bare ``.sql`` deploy script)."""
+    the one at that path (a change-set folder, or a bare ``.sql`` deploy script).
+
+    With ``migrations_folder`` (a project's ``supabase/migrations``) or ``backup`` (taken
+    before the migration), ``name_or_path`` is a migration reversed by schema diff instead
+    (:class:`reversal.reversible.ReversibleMigration`), the folder or the backup giving the
+    state to return to."""
+    if migrations_folder or backup:
+        # Imported here: the reversal builds on migration_objects, which imports this module.
+        from .reversal.reversible import load_reversible_migration
+
+        return load_reversible_migration(str(name_or_path), migrations_folder=migrations_folder,
+                                         backup=backup, scratch_url_env=scratch_url_env)
     if not isinstance(name_or_path, str | Path) or not str(name_or_path).strip():
         raise ConfigurationError(
             f"migration must name a change set or a path, got {name_or_path!r}. Nothing was "

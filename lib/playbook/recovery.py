@@ -42,10 +42,11 @@ from .exports import (
 from .gates import Gate
 from .incidents import incidents_root
 from .locks import take_playbook_lock
-from .migration_objects import find_in_database, migration_objects, owned_sequences
+from .migration_objects import find_in_database, migration_objects, set_owned_sequences
 from .migrations import Migration
 from .names import QualifiedName, parse_table_name, table_oid
 from .queries import run_script, translated_errors
+from .reversal.reversible import ReversibleMigration
 from .verification import Check, checks_table
 
 RECOVERY_QUESTIONS = {
@@ -113,6 +114,8 @@ def export_table(manifest: Manifest, folder: Path) -> pd.DataFrame:
 
 def check_export(migration: Migration, folder: Path) -> pd.DataFrame:
     """Recovery step 0: the export exists, is complete and matches its checksums."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.check_export(folder)
     return export_table(require_complete_export(migration, folder), folder)
 
 
@@ -122,6 +125,8 @@ def recovery_gate(run) -> Gate:
 
 def recovery_plan(run, migration: Migration, folder: Path) -> pd.DataFrame:
     """What execute mode will run, in order (statements rendered by the same functions)."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.recovery_plan(folder)
     manifest = require_complete_export(migration, folder)
     with run.connect(read_only=True) as conn:
         rows = [{"step": 1, "does": "re-apply the migration", "statement":
@@ -159,28 +164,6 @@ class RecoveryResult:
 
     def table(self) -> pd.DataFrame:
         return checks_table(self.checks)
-
-
-def set_owned_sequences(conn: psycopg.Connection, table: QualifiedName) -> dict[str, int]:
-    """Every sequence owned by a column of ``table`` moved past that column's MAX; an
-    empty table's sequence set to its minimum with is_called = false. Returns the next
-    value each will hand out."""
-    oid = conn.execute("SELECT %s::regclass::oid", (table.identifier.as_string(conn),)
-                       ).fetchone()[0]
-    moved = {}
-    for schema, name, column in owned_sequences(conn, oid):
-        sequence = sql.Identifier(schema, name).as_string(conn)
-        highest = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-            sql.Identifier(column), table.identifier)).fetchone()[0]
-        minimum = conn.execute("SELECT seqmin FROM pg_sequence WHERE seqrelid = %s::regclass",
-                               (sequence,)).fetchone()[0]
-        if highest is None or highest < minimum:
-            conn.execute("SELECT setval(%s::regclass, %s, false)", (sequence, minimum))
-            moved[f"{schema}.{name}"] = minimum
-        else:
-            conn.execute("SELECT setval(%s::regclass, %s, true)", (sequence, highest))
-            moved[f"{schema}.{name}"] = highest + 1
-    return moved
 
 
 # --- loading the way pg_restore does -------------------------------------------------
@@ -471,6 +454,8 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
 def recover(run, migration: Migration, folder: Path,
             *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Execute mode: :func:`perform_recovery`; review mode: change nothing, say so."""
+    if isinstance(migration, ReversibleMigration):
+        return migration.recover(run, folder, lock_timeout=lock_timeout)
     if not run.executing:
         return pd.DataFrame([{"check": "review mode: nothing was re-applied", "result": "",
                               "observed": "", "expected": "mode='execute' to perform"}])

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 from .. import localdb
 from ..errors import DependentObjectsExist, PreconditionFailed, VerificationFailed
@@ -34,6 +35,17 @@ from .schema_diff import schema_plan
 from .shadow import MigrationFile, MigrationsFolder, build_shadow
 
 SUPABASE_HISTORY = "supabase_migrations.schema_migrations"
+
+
+def history_removal(version: str) -> sql.Composed:
+    """The statement that takes the migration out of Supabase's history."""
+    return sql.SQL("DELETE FROM supabase_migrations.schema_migrations WHERE version = {}"
+                   ).format(sql.Literal(version))
+
+
+def repair_command(version: str, status: str) -> str:
+    """The Supabase CLI command that records the same change in its own history."""
+    return f"supabase migration repair --status {status} {version}"
 
 
 @dataclass
@@ -86,10 +98,21 @@ class ReversePlan:
     def sql(self) -> str:
         return "\n\n".join(self.statements)
 
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            [(n, s) for n, s in enumerate(self.statements, start=1)],
-            columns=["#", "statement"]).set_index("#")
+    def frame(self) -> pd.DataFrame:
+        """Every statement the rollback runs, in order: the reverse plan, then the
+        removal of the migration's row from Supabase's history (when it has one)."""
+        rows = [(n, s) for n, s in enumerate(self.statements, start=1)]
+        if self.history_versions:
+            version = self.migration.version
+            rows.append((len(rows) + 1, history_removal(version).as_string(None)
+                         + f";  -- the same as `{repair_command(version, 'reverted')}`"))
+        return pd.DataFrame(rows, columns=["#", "statement"]).set_index("#")
+
+    def table(self):
+        """The statements for the notebook, each in full (a pandas Styler: a plain
+        DataFrame would cut long statements short)."""
+        return self.frame().style.set_properties(**{"text-align": "left",
+                                                    "white-space": "pre-wrap"})
 
     def summary(self) -> pd.DataFrame:
         rows = [

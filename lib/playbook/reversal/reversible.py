@@ -17,18 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import journal
 from ..errors import ConfigurationError, ExportMismatch
 from ..exports import MANIFEST, export_tables, read_manifest, require_sound_export, verify_files
 from ..scratch_servers import scratch_server
+from ..verification import Check, checks_table
 from . import plan as planning
 from .data import data_at_stake
 from .from_backup import backup_states
-from .rollback import (
-    history_removal,
-    recover_migration,
-    repair_command,
-    roll_back_migration,
-)
+from .plan import repair_command
+from .rollback import HISTORY_FILE, recover_migration, roll_back_migration
 from .shadow import MigrationFile, MigrationsFolder, migration_file, read_migrations_folder
 
 
@@ -91,10 +89,6 @@ class ReversibleMigration:
             stake = data_at_stake(states.before, states.after)
         return plan, stake
 
-    def inventory_table(self, run) -> pd.DataFrame:
-        _plan, stake = self.review(run)
-        return stake.table()
-
     def dependents_table(self, run) -> pd.DataFrame:
         """The drift (shown, never touched) and the chain check (raises while newer
         migrations are applied)."""
@@ -108,15 +102,6 @@ class ReversibleMigration:
             rows = [("(none)", "live is exactly the state right after the migration")]
         return pd.DataFrame(rows, columns=["what", "detail"])
 
-    def plan_table(self, run) -> pd.DataFrame:
-        plan, _stake = self.review(run)
-        frame = plan.table()
-        if plan.history_versions:
-            frame.loc[len(frame) + 1] = (
-                history_removal(self.target.version).as_string(None)
-                + f"  -- the same as `{repair_command(self.target.version, 'reverted')}`")
-        return frame
-
     def export_problems(self, export_dir: Path) -> list[str]:
         problems = verify_files(export_dir, read_manifest(export_dir))
         return problems
@@ -128,11 +113,32 @@ class ReversibleMigration:
         with self.states() as states:
             stake = data_at_stake(states.before, states.after)
         with run.connect(read_only=True, purpose=f"{run.notebook}:export") as live:
-            manifest = export_tables(live, stake.tables_to_export, Path(export_dir) / "preview",
+            manifest = export_tables(live, stake.tables_to_export, preview_folder(export_dir),
                                      purpose=f"preview of the rollback of {self.target.label}",
                                      extra=stake.manifest_extra())
         return pd.DataFrame([{"table": f.table, "rows": f.rows, "sha256": f.sha256[:16]}
                              for f in manifest.files])
+
+    def recovery_plan(self, export_dir: Path) -> pd.DataFrame:
+        """What execute mode will run, in order."""
+        manifest = require_sound_export(Path(export_dir))
+        created = manifest.extra.get("created_tables", [])
+        added = manifest.extra.get("added_columns", {})
+        rows = [(1, f"re-apply {self.target.label}", "the whole file, statement by statement")]
+        rows += [(2, f"put back {f.table}: {f.rows} rows", "replace the rows the migration "
+                  "seeds, generated columns recomputed, triggers paused, foreign keys between "
+                  "the refilled tables set aside and added back")
+                 for f in manifest.files if f.table in created]
+        rows += [(2, f"put back {table}.{', '.join(cols)}", "UPDATE by primary key from the "
+                  "export") for table, cols in added.items()]
+        if any(f.file == HISTORY_FILE for f in manifest.files):
+            repair = repair_command(self.target.version, "applied")
+            rows.append((2, "put the migration's row back in Supabase's history",
+                         f"the exported row; the same as `{repair}`"))
+        rows += [(3, "move sequences past the highest id", "setval, forward only"),
+                 (4, "prove every table equals its export and the schema equals the state right "
+                  "after the migration", "else ROLLBACK")]
+        return pd.DataFrame(rows, columns=["step", "does", "how"])
 
     def roll_back(self, run, export_dir: Path, *, lock_timeout: str) -> pd.DataFrame:
         """Execute: the rollback in one transaction. Review: the plan that would run."""
@@ -141,12 +147,16 @@ class ReversibleMigration:
                 plan = planning.plan_reversal(live, states, self.folder, self.target)
                 stake = data_at_stake(states.before, states.after)
             if not run.executing:
-                return plan.table()
+                return checks_table([Check("review mode: nothing was changed", True,
+                                           f"{len(plan.statements)} statements would run",
+                                           "mode='execute' to perform")])
             run.require_open_gates()
             with run.connect(read_only=False, purpose=f"{run.notebook}:drop") as live:
                 result = roll_back_migration(live, plan, states, stake, Path(export_dir),
                                              lock_timeout=lock_timeout)
-        return result.table()
+        journal.committed("the rollback", [self.target.label + " reversed"], result.exported,
+                          f"{len(result.statements)} statements; export {export_dir}")
+        return checks_table(result.checks())
 
     # -- notebook 21 ---------------------------------------------------------------------
 
@@ -163,16 +173,23 @@ class ReversibleMigration:
     def recover(self, run, export_dir: Path, *, lock_timeout: str) -> pd.DataFrame:
         manifest = require_sound_export(Path(export_dir))
         if not run.executing:
-            return pd.DataFrame(
-                [("re-apply", self.target.label)]
-                + [("put back rows of", f"{f.table} ({f.rows} rows)") for f in manifest.files],
-                columns=["step", "what"])
+            return checks_table([Check("review mode: nothing was re-applied", True,
+                                       f"{len(manifest.files)} exported tables would be put "
+                                       "back", "mode='execute' to perform")])
         run.require_open_gates()
         with self.states() as states, run.connect(read_only=False,
                                                  purpose=f"{run.notebook}:recover") as live:
             result = recover_migration(live, self.target, states, Path(export_dir),
                                        lock_timeout=lock_timeout)
-        return result.table()
+        journal.committed("the recovery", [self.target.label + " re-applied"], result.restored,
+                          f"sequences: {', '.join(result.sequences) or 'none'}")
+        return checks_table(result.checks())
+
+
+def preview_folder(export_dir: Path) -> Path:
+    """Where the preview export goes: beside the rollback's own export, never in it."""
+    export_dir = Path(export_dir)
+    return export_dir.with_name(export_dir.name + ".preview")
 
 
 def load_reversible_migration(migration: str, *, migrations_folder: str = "",

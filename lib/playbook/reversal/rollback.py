@@ -32,10 +32,11 @@ from ..exports import (
     write_manifest,
 )
 from ..locks import take_playbook_lock
+from ..migration_objects import set_owned_sequences
 from ..names import QualifiedName
-from ..recovery import set_owned_sequences
+from ..verification import Check
 from .data import DataAtStake, lock_against_writes, restore_at_stake
-from .plan import ReversePlan, ShadowStates, perform_reversal
+from .plan import ReversePlan, ShadowStates, history_removal, perform_reversal
 from .schema_diff import schema_plan
 from .shadow import MigrationFile, apply_sql
 
@@ -47,23 +48,24 @@ def lock_scope(target: MigrationFile) -> str:
     return f"migration:{target.version}"
 
 
-def history_removal(version: str) -> sql.Composed:
-    """The statement that takes the migration out of Supabase's history."""
-    return sql.SQL("DELETE FROM supabase_migrations.schema_migrations WHERE version = {}"
-                   ).format(sql.Literal(version))
-
-
-def repair_command(version: str, status: str) -> str:
-    """The Supabase CLI command that records the same change in its own history."""
-    return f"supabase migration repair --status {status} {version}"
-
-
 @dataclass
 class RollbackResult:
     statements: list[str]
     export_dir: Path
     exported: dict[str, int] = field(default_factory=dict)
     history_removed: bool = False
+
+    def checks(self) -> list[Check]:
+        """What the transaction proved before it committed."""
+        return [
+            Check("export taken under the write lock, verified against its SHA-256, fsynced",
+                  True, f"{sum(self.exported.values()):,} rows in {len(self.exported)} files, "
+                  f"{self.export_dir}", "before COMMIT"),
+            Check("reverse plan ran; live equals the state before the migration (less its "
+                  "drift)", True, f"{len(self.statements)} statements", "equal"),
+            Check("committed", True, "Supabase history row removed" if self.history_removed
+                  else "no Supabase history row for this version", ""),
+        ]
 
     def table(self) -> pd.DataFrame:
         rows = [("reverse plan statements run", len(self.statements)),
@@ -136,6 +138,21 @@ class RecoveryResult:
     restored: dict[str, int]
     sequences: dict[str, int]
     history_restored: bool
+
+    def checks(self) -> list[Check]:
+        """What the transaction proved before it committed."""
+        return [
+            Check("migration re-applied; live equals the state right after it (less its "
+                  "drift)", True, "equal", "equal"),
+            Check("every exported table equals its export, row for row", True,
+                  f"{sum(self.restored.values()):,} rows in {len(self.restored)} tables",
+                  "equal"),
+            Check("sequences past the highest id", True,
+                  ", ".join(f"{s}: next {v}" for s, v in self.sequences.items()) or "none",
+                  "past MAX"),
+            Check("committed", True, "Supabase history row restored" if self.history_restored
+                  else "no Supabase history row to restore", ""),
+        ]
 
     def table(self) -> pd.DataFrame:
         rows = [(f"rows back in {t} (equal to the export)", n) for t, n in self.restored.items()]
