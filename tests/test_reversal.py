@@ -19,12 +19,18 @@ import pytest
 from catalog_description import describe_schema, differences
 from playbook import localdb
 from playbook.backups import take_backup
-from playbook.errors import BackupUnusable, DependentObjectsExist, PreconditionFailed
+from playbook.errors import (
+    BackupUnusable,
+    ConfigurationError,
+    DependentObjectsExist,
+    PreconditionFailed,
+)
 from playbook.reversal import plan as reversal
 from playbook.reversal.data import data_at_stake
 from playbook.reversal.reversible import load_reversible_migration
 from playbook.reversal.rollback import recover_migration, roll_back_migration
 from playbook.reversal.shadow import apply_sql, build_shadow, read_migrations_folder
+from playbook.reversal.snapshot import take_snapshot
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -360,3 +366,79 @@ def test_a_backup_that_already_holds_the_migration_is_refused(pg_cluster, databa
     with pytest.raises(BackupUnusable, match="taken after it"):
         with migration.states():
             pass
+
+
+def test_the_application_is_verified_by_the_change_set_s_checks_never_the_demo_s(
+        pg_cluster, databases):
+    from playbook.health import change_set_checks
+    from playbook.migrations import load_migration
+
+    folder = read_migrations_folder(CORPUS / "billing")
+    live = databases(folder.files)
+    reversible = load_reversible_migration(folder.files[-1].version,
+                                           migrations_folder=str(folder.path))
+    checks = change_set_checks(live, reversible)
+    names = {c.name for c in checks}
+    # Every table of the billing project, and nothing of the demo application's.
+    assert {"billing.plans answers a read", "billing.usage_events answers a read"} <= names
+    assert not any("virtues" in n or "journal" in n for n in names)
+    assert all(c.passed for c in checks)
+    # A table that does not answer fails its check (anon has no USAGE on schema billing).
+    live.execute("SET ROLE anon")
+    refused = {c.name: c.passed for c in change_set_checks(live, reversible)}
+    live.rollback()
+    assert refused["billing.plans answers a read"] is False
+    assert refused["billing.customers answers a read"] is False
+
+    coaching = load_migration("coaching_tables")
+    assert [c.name for c in coaching.checks] == [
+        "login data readable (users with profiles)", "virtues readable", "journal readable",
+        "no orphaned profiles"]
+
+
+@pytest.mark.both_versions
+def test_a_snapshot_before_the_deploy_makes_the_rollback_lossless(pg_cluster, databases,
+                                                                  tmp_path, monkeypatch):
+    """The team ran `playbook snapshot` before deploying the migration that dropped
+    profiles.bio; rolling it back from the snapshot brings bio back, value for value."""
+    folder = read_migrations_folder(CORPUS / "chat")
+    target = folder.find("20240320090000")
+    live = databases(folder.before(target.version))
+    _chat_rows(live)
+    live.execute("update public.profiles set bio = 'bio of ' || display_name")
+    live.commit()
+    bios = _checksums(live, {"bio": "select id, bio from public.profiles"})
+    url = localdb.database_url_for(pg_cluster.admin_url, live.info.dbname)
+    snapshot, kept = take_snapshot(url, target, tmp_path / "snapshots")
+    # The snapshot holds the rows of what the migration alters, and only those.
+    assert {str(t) for t in kept} == {"public.messages", "public.profiles"}
+    apply_sql(live, target.sql(), label=target.label)  # the deploy
+    live.execute("delete from auth.users where email = 'user1@example.test'")  # cascades
+    live.commit()
+
+    monkeypatch.setenv("PLAYBOOK_TEST_SCRATCH", pg_cluster.admin_url)
+    migration = load_reversible_migration(str(target.path), backup=str(snapshot.path),
+                                          scratch_url_env="PLAYBOOK_TEST_SCRATCH",
+                                          restore_dropped_data="yes")
+    with migration.states() as states:
+        plan = reversal.plan_reversal(live, states, None, migration.target)
+        stake = data_at_stake(states.before, states.after)
+        live.rollback()
+        result = roll_back_migration(live, plan, states, stake, tmp_path / "export",
+                                     put_back=migration.restore_dropped)
+    assert result.dropped_put_back == {"public.profiles (bio)": 39}
+    expected = live.execute("select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) "
+                            "from (select id, 'bio of ' || display_name as bio "
+                            "from public.profiles) r").fetchone()[0]
+    assert _checksums(live, {"bio": "select id, bio from public.profiles"})["bio"] == expected
+    assert bios["bio"] != expected  # the profile deleted since the deploy stays deleted
+
+
+def test_putting_back_dropped_data_needs_a_backup():
+    folder = read_migrations_folder(CORPUS / "chat")
+    with pytest.raises(ConfigurationError, match="no backup was given"):
+        load_reversible_migration("20240320090000", migrations_folder=str(folder.path),
+                                  restore_dropped_data="yes")
+    with pytest.raises(ConfigurationError, match="must be true or false"):
+        load_reversible_migration("20240320090000", migrations_folder=str(folder.path),
+                                  restore_dropped_data="maybe")

@@ -135,10 +135,12 @@ def backup_file_name(database: str, moment: datetime) -> str:
     return f"{safe}-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}{BACKUP_SUFFIX}"
 
 
-def take_backup(url: str, folder: Path | str) -> Backup:
+def take_backup(url: str, folder: Path | str, *, extra_args: list[str] | tuple[str, ...] = ()
+                ) -> Backup:
     """``pg_dump -Fc`` of the database at ``url`` into ``folder``, named after the
     database and the UTC time. Written to a ``.partial`` file first and renamed only
-    when pg_dump succeeded, so a failed dump never looks like a backup."""
+    when pg_dump succeeded, so a failed dump never looks like a backup. ``extra_args``
+    go to pg_dump (e.g. ``--exclude-table-data``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     major = server_major_of(url)
@@ -150,8 +152,8 @@ def take_backup(url: str, folder: Path | str) -> Backup:
         moment += timedelta(seconds=1)
         final = folder / backup_file_name(database, moment)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    result = run_tool(pg_dump, ["--format=custom", "--no-password", f"--file={partial}"],
-                      url=url)
+    result = run_tool(pg_dump, ["--format=custom", "--no-password", f"--file={partial}",
+                                *extra_args], url=url)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise BackupUnusable(

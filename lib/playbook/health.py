@@ -8,7 +8,7 @@ import urllib.request
 
 import psycopg
 
-from .verification import Check, application_checks
+from .verification import Check, application_checks, project_tables_readable
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 
@@ -40,15 +40,29 @@ def verify_application(conn: psycopg.Connection, health_check_url: str = "",
     return [*application_checks(conn, expected_counts), health_check(health_check_url)]
 
 
-def check_application(run, health_check_url: str = ""):
+def change_set_checks(conn: psycopg.Connection, migration: object) -> list[Check]:
+    """The checks ``migration`` carries (its change set's ``checks:``); a migration that
+    carries none is checked by reading every table of the project, never by another
+    application's tables."""
+    named = getattr(migration, "checks", None) or []
+    if named:
+        return [check.run(conn) for check in named]
+    return project_tables_readable(conn)
+
+
+def check_application(run, health_check_url: str = "", migration: object = None):
     """Step 4 as a notebook step: the checks as a table (shown), then VerificationFailed
-    if any failed. Read-only."""
+    if any failed. Read-only. With ``migration``, its own checks (see
+    :func:`change_set_checks`); without, the demo application's document checks."""
     from IPython.display import display
 
     from .verification import checks_table, require_all_pass
 
     with run.connect(read_only=True, purpose=f"{run.notebook}:verify") as conn:
-        checks = verify_application(conn, health_check_url)
+        if migration is None:
+            checks = verify_application(conn, health_check_url)
+        else:
+            checks = [*change_set_checks(conn, migration), health_check(health_check_url)]
     frame = checks_table(checks)
     if not all(c.passed for c in checks):
         display(frame)

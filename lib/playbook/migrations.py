@@ -16,6 +16,7 @@ import yaml
 
 from .errors import ConfigurationError, ObjectNotFound
 from .names import QualifiedName, parse_table_name
+from .verification import NamedCheck
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DESCRIPTION = "migration.yaml"
@@ -33,6 +34,9 @@ class Migration:
     data_loss: str = ""
     safety: str = ""
     protected_tables: list[QualifiedName] = field(default_factory=list)
+    # The application's checks after a rollback or recovery ("Verify Application"): the
+    # change set's own, never another application's (none: every project table is read).
+    checks: list[NamedCheck] = field(default_factory=list)
 
     def deploy_sql(self) -> str:
         try:
@@ -66,7 +70,7 @@ def _refuse(what: str) -> ObjectNotFound:
 
 
 def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", backup: str = "",
-                   scratch_url_env: str = ""):
+                   scratch_url_env: str = "", restore_dropped_data: object = False):
     """The change set called ``name_or_path`` (a folder under lib/playbook/migrations), or
     the one at that path (a change-set folder, or a bare ``.sql`` deploy script).
 
@@ -79,7 +83,8 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
         from .reversal.reversible import load_reversible_migration
 
         return load_reversible_migration(str(name_or_path), migrations_folder=migrations_folder,
-                                         backup=backup, scratch_url_env=scratch_url_env)
+                                         backup=backup, scratch_url_env=scratch_url_env,
+                                         restore_dropped_data=restore_dropped_data)
     if not isinstance(name_or_path, str | Path) or not str(name_or_path).strip():
         raise ConfigurationError(
             f"migration must name a change set or a path, got {name_or_path!r}. Nothing was "
@@ -126,4 +131,6 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
         safety=str(description.get("safety") or ""),
         protected_tables=[parse_table_name(str(t))
                           for t in description.get("protected_tables") or []],
+        checks=[NamedCheck.parse(item, f"{folder / DESCRIPTION}")
+                for item in description.get("checks") or []],
     )

@@ -6,6 +6,7 @@ notebook can show them as a table and stop on the first failure with the evidenc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .errors import VerificationFailed
+from .errors import ConfigurationError, VerificationFailed
 from .names import QualifiedName, table_exists
 
 # The application's own tables (the document's "other data ... unaffected").
@@ -35,6 +36,65 @@ class Check:
     def as_row(self) -> dict[str, object]:
         return {"check": self.name, "result": "PASS" if self.passed else "FAIL",
                 "observed": self.observed, "expected": self.expected}
+
+
+_EXPECT = re.compile(r"^\s*(=|==|!=|<>|>=|<=|>|<)\s*(-?\d+)\s*$")
+_COMPARE = {"=": int.__eq__, "==": int.__eq__, "!=": int.__ne__, "<>": int.__ne__,
+            ">=": int.__ge__, "<=": int.__le__, ">": int.__gt__, "<": int.__lt__}
+
+
+@dataclass(frozen=True)
+class NamedCheck:
+    """A check a change set carries (``checks:`` in its migration.yaml): a read-only query
+    returning one number, and what that number must be (``"> 0"``, ``"= 0"``...)."""
+
+    name: str
+    query: str
+    expect: str
+
+    @classmethod
+    def parse(cls, item: object, where: str) -> NamedCheck:
+        ok = (isinstance(item, dict) and all(isinstance(item.get(k), str) and item.get(k)
+                                             for k in ("name", "query", "expect"))
+              and _EXPECT.match(item["expect"]))
+        if not ok:
+            raise ConfigurationError(
+                f"{where}: each check needs name, query and expect (like \"> 0\" or \"= 0\"), "
+                f"got {item!r}. Nothing was changed.",
+                next_step="fix the change set's `checks:` list.")
+        return cls(item["name"], item["query"], item["expect"])
+
+    def run(self, conn: psycopg.Connection) -> Check:
+        """Run the query read-only, in a savepoint (a failing query is a failed check)."""
+        operator, number = _EXPECT.match(self.expect).groups()
+        try:
+            with conn.transaction():
+                value = conn.execute(self.query).fetchone()[0]  # the change set's own SQL
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return Check(self.name, False, f"query failed: {first}", self.expect)
+        passed = isinstance(value, int) and _COMPARE[operator](value, int(number))
+        return Check(self.name, passed, value, self.expect)
+
+
+_PROJECT_TABLES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_%%'
+ORDER BY 1, 2
+"""
+# Supabase's own schemas: the platform checks those, not the project's rollback.
+PLATFORM_SCHEMAS = ("auth", "storage", "realtime", "_realtime", "extensions", "graphql",
+                    "graphql_public", "pgbouncer", "pgsodium", "vault", "supabase_functions",
+                    "supabase_migrations", "net", "cron", "information_schema")
+
+
+def project_tables_readable(conn: psycopg.Connection) -> list[Check]:
+    """The checks of a migration that carries none: every table of the project answers a
+    read (never another application's tables by name)."""
+    tables = [QualifiedName(*r) for r in conn.execute(_PROJECT_TABLES, (list(PLATFORM_SCHEMAS),))]
+    answers = {t: _readable(conn, t) for t in tables}
+    return [Check(f"{t} answers a read", ok, ok, True) for t, ok in answers.items()]
 
 
 def checks_table(checks: Iterable[Check]) -> pd.DataFrame:

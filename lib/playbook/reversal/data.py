@@ -26,6 +26,7 @@ from psycopg import sql
 
 from ..errors import VerificationFailed
 from ..exports import ExportedFile, Manifest
+from ..migration_objects import set_owned_sequences
 from ..names import QualifiedName
 from .schema_diff import MANAGED_SCHEMAS
 
@@ -73,7 +74,14 @@ class DataAtStake:
 
     created_tables: list[QualifiedName] = field(default_factory=list)
     added_columns: dict[QualifiedName, list[str]] = field(default_factory=dict)
-    dropped_by_migration: list[str] = field(default_factory=list)
+    dropped_tables: list[QualifiedName] = field(default_factory=list)
+    dropped_columns: dict[QualifiedName, list[str]] = field(default_factory=dict)
+
+    @property
+    def dropped_by_migration(self) -> list[str]:
+        """What the migration itself dropped: its data is only in a backup taken before."""
+        return sorted([str(t) for t in self.dropped_tables]
+                      + [f"{t}.{c}" for t, cols in self.dropped_columns.items() for c in cols])
 
     @property
     def tables_to_export(self) -> list[QualifiedName]:
@@ -91,8 +99,8 @@ class DataAtStake:
                   "table exported whole; the columns dropped")
                  for t, cols in self.added_columns.items()]
         rows += [(what, "dropped BY the migration",
-                  "comes back EMPTY: its data is only in a backup taken before the migration "
-                  "(31_restore_tables)") for what in self.dropped_by_migration]
+                  "comes back EMPTY unless restore_dropped_data: its data is only in a backup "
+                  "or snapshot taken before the migration") for what in self.dropped_by_migration]
         return pd.DataFrame(rows, columns=["object", "what", "what the rollback does"])
 
 
@@ -100,18 +108,72 @@ def data_at_stake(before: psycopg.Connection, after: psycopg.Connection) -> Data
     """Compare the states before and after the migration."""
     tables_before, tables_after = _tables(before), _tables(after)
     columns_before, columns_after = _columns(before), _columns(after)
-    stake = DataAtStake(created_tables=sorted(tables_after - tables_before, key=str))
+    stake = DataAtStake(created_tables=sorted(tables_after - tables_before, key=str),
+                        dropped_tables=sorted(tables_before - tables_after, key=str))
     for table in sorted(tables_after & tables_before, key=str):
         added = [c for c, generated in columns_after[table].items()
                  if c not in columns_before[table] and not generated]
         if added:
             stake.added_columns[table] = added
-        stake.dropped_by_migration += [
-            f"{table}.{c}" for c, generated in columns_before[table].items()
-            if c not in columns_after[table] and not generated]
-    stake.dropped_by_migration = sorted(
-        [str(t) for t in tables_before - tables_after] + stake.dropped_by_migration)
+        dropped = [c for c, generated in columns_before[table].items()
+                   if c not in columns_after[table] and not generated]
+        if dropped:
+            stake.dropped_columns[table] = dropped
     return stake
+
+
+def _stream(source: psycopg.Connection, query: sql.Composable, live: psycopg.Connection,
+            into: sql.Composable) -> int:
+    """COPY the rows of ``query`` on ``source`` into ``into`` (a table and column list) on
+    ``live``, block by block; returns the rows written."""
+    with source.cursor() as out, live.cursor() as cur:
+        with out.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as reading, \
+                cur.copy(sql.SQL("COPY {} FROM STDIN").format(into)) as writing:
+            for block in reading:
+                writing.write(block)
+        return cur.rowcount
+
+
+def put_back_dropped(live: psycopg.Connection, before: psycopg.Connection,
+                     stake: DataAtStake) -> dict[str, int]:
+    """In live's open transaction, once the reverse plan re-created what the migration
+    dropped: its rows, from the state before (a backup or snapshot holding them). A dropped
+    table gets its rows back; a dropped column its values, matched by primary key (rows
+    deleted since stay deleted). Returns rows written per table or column."""
+    written: dict[str, int] = {}
+    for table in stake.dropped_tables:
+        columns = [c for c, generated in _columns(before)[table].items() if not generated]
+        picked = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        written[str(table)] = _stream(
+            before, sql.SQL("SELECT {} FROM {}").format(picked, table.identifier), live,
+            sql.SQL("{} ({})").format(table.identifier, picked))
+        set_owned_sequences(live, table)
+    triggers = _enabled_triggers(live, list(stake.dropped_columns))
+    for table, trigger in triggers:
+        live.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+            table.identifier, sql.Identifier(trigger)))
+    for table, dropped in stake.dropped_columns.items():
+        key = primary_key(live, table)
+        if not key:
+            written[f"{table} ({', '.join(dropped)})"] = 0  # nothing to match rows by
+            continue
+        picked = sql.SQL(", ").join(sql.Identifier(c) for c in [*key, *dropped])
+        temp = sql.Identifier(f"playbook_dropped_{table.schema}_{table.name}"[:63])
+        live.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} LIMIT 0"
+                             ).format(temp, picked, table.identifier))
+        _stream(before, sql.SQL("SELECT {} FROM {}").format(picked, table.identifier), live,
+                temp)
+        updated = live.execute(sql.SQL("UPDATE {t} SET {sets} FROM {x} WHERE {match}").format(
+            t=table.identifier, x=temp,
+            sets=sql.SQL(", ").join(sql.SQL("{} = {}.{}").format(
+                sql.Identifier(c), temp, sql.Identifier(c)) for c in dropped),
+            match=sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(
+                table.identifier, sql.Identifier(k), temp, sql.Identifier(k)) for k in key)))
+        written[f"{table} ({', '.join(dropped)})"] = updated.rowcount
+    for table, trigger in triggers:
+        live.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+            table.identifier, sql.Identifier(trigger)))
+    return written
 
 
 def lock_against_writes(conn: psycopg.Connection, tables: list[QualifiedName]) -> None:

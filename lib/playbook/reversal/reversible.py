@@ -20,6 +20,7 @@ import pandas as pd
 from .. import journal
 from ..errors import ConfigurationError, ExportMismatch
 from ..exports import MANIFEST, export_tables, read_manifest, require_sound_export, verify_files
+from ..flags import flag
 from ..scratch_servers import scratch_server
 from ..verification import Check, checks_table
 from . import plan as planning
@@ -45,6 +46,7 @@ class ReversibleMigration:
     folder: MigrationsFolder | None = None
     backup: str = ""
     scratch_url_env: str = ""
+    restore_dropped: bool = False  # put back what the migration dropped, from the backup
 
     @property
     def name(self) -> str:
@@ -153,7 +155,8 @@ class ReversibleMigration:
             run.require_open_gates()
             with run.connect(read_only=False, purpose=f"{run.notebook}:drop") as live:
                 result = roll_back_migration(live, plan, states, stake, Path(export_dir),
-                                             lock_timeout=lock_timeout)
+                                             lock_timeout=lock_timeout,
+                                             put_back=self.restore_dropped)
         journal.committed("the rollback", [self.target.label + " reversed"], result.exported,
                           f"{len(result.statements)} statements; export {export_dir}")
         return checks_table(result.checks())
@@ -193,7 +196,8 @@ def preview_folder(export_dir: Path) -> Path:
 
 
 def load_reversible_migration(migration: str, *, migrations_folder: str = "",
-                              backup: str = "", scratch_url_env: str = "") -> ReversibleMigration:
+                              backup: str = "", scratch_url_env: str = "",
+                              restore_dropped_data: object = False) -> ReversibleMigration:
     """``migration`` (a version or file name in ``migrations_folder``, or a path to a .sql
     file) with the source of the state before it: ``backup`` when given, else the folder."""
     if not migrations_folder and not backup:
@@ -202,9 +206,16 @@ def load_reversible_migration(migration: str, *, migrations_folder: str = "",
             "project's supabase/migrations) or backup (taken before the migration). Nothing "
             "was changed.",
             next_step="set migrations_folder or backup in the parameters.")
+    restore_dropped = flag(restore_dropped_data, "restore_dropped_data")
+    if restore_dropped and not backup:
+        raise ConfigurationError(
+            "restore_dropped_data puts back what the migration dropped from the backup taken "
+            "before it, and no backup was given. Nothing was changed.",
+            next_step="pass backup (a snapshot or backup taken before the migration), or "
+            "leave restore_dropped_data false.")
     folder = read_migrations_folder(migrations_folder) if migrations_folder else None
     if folder is not None:
         target = folder.find(migration)
     else:
         target = migration_file(migration)
-    return ReversibleMigration(target, folder, str(backup), scratch_url_env)
+    return ReversibleMigration(target, folder, str(backup), scratch_url_env, restore_dropped)

@@ -35,7 +35,7 @@ from ..locks import take_playbook_lock
 from ..migration_objects import set_owned_sequences
 from ..names import QualifiedName
 from ..verification import Check
-from .data import DataAtStake, lock_against_writes, restore_at_stake
+from .data import DataAtStake, lock_against_writes, put_back_dropped, restore_at_stake
 from .plan import ReversePlan, ShadowStates, history_removal, perform_reversal
 from .schema_diff import schema_plan
 from .shadow import MigrationFile, apply_sql
@@ -54,6 +54,7 @@ class RollbackResult:
     export_dir: Path
     exported: dict[str, int] = field(default_factory=dict)
     history_removed: bool = False
+    dropped_put_back: dict[str, int] = field(default_factory=dict)
 
     def checks(self) -> list[Check]:
         """What the transaction proved before it committed."""
@@ -63,6 +64,9 @@ class RollbackResult:
                   f"{self.export_dir}", "before COMMIT"),
             Check("reverse plan ran; live equals the state before the migration (less its "
                   "drift)", True, f"{len(self.statements)} statements", "equal"),
+            *([Check("what the migration dropped put back from the backup", True,
+                     ", ".join(f"{t}: {n:,} rows" for t, n in self.dropped_put_back.items()),
+                     "from the state before")] if self.dropped_put_back else []),
             Check("committed", True, "Supabase history row removed" if self.history_removed
                   else "no Supabase history row for this version", ""),
         ]
@@ -94,8 +98,10 @@ def _require_idle(conn: psycopg.Connection) -> None:
 
 def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: ShadowStates,
                         stake: DataAtStake, export_dir: Path, *,
-                        lock_timeout: str = "2s") -> RollbackResult:
-    """Export what the reversal destroys and reverse the migration, all or nothing."""
+                        lock_timeout: str = "2s", put_back: bool = False) -> RollbackResult:
+    """Export what the reversal destroys and reverse the migration, all or nothing. With
+    ``put_back`` (the state before came from a backup or snapshot holding the rows), what
+    the migration itself dropped gets its rows back from it."""
     plan.require_newest()
     export_dir = Path(export_dir)
     result = RollbackResult(statements=[], export_dir=export_dir)
@@ -121,6 +127,8 @@ def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: Sha
             conn.execute(history_removal(plan.migration.version))
             result.history_removed = True
         result.statements = perform_reversal(conn, plan, states)
+        if put_back:
+            result.dropped_put_back = put_back_dropped(conn, states.before, stake)
         write_manifest(export_dir, manifest)
         problems = verify_files(export_dir, manifest)
         if problems:
