@@ -32,6 +32,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from .connecting import lock_timeout_setting
 from .dependencies import (
     Dependent,
     check_include_dependents,
@@ -557,6 +558,7 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                  require_export: bool = True) -> DropResult:
     """Drop what the migration created, in one transaction (see the module's docstring).
     ``conn`` must be a read-write session that is not in a transaction."""
+    lock_timeout = lock_timeout_setting(lock_timeout)
     export_dir = Path(export_dir)
     if require_export:
         require_sound_export(export_dir)  # file checksums, before any lock is taken
@@ -640,6 +642,7 @@ def rollback(run, migration: Migration, export_dir: Path,
              *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Step 3, Perform: in execute mode drop (see :func:`perform_drop`); in review mode
     say what would be dropped and change nothing."""
+    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
     if not run.executing:
         plan = review_drop(run, migration, include_dependents)
         return pd.DataFrame([{"check": "review mode: nothing was dropped", "result": "",

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from .connecting import lock_timeout_setting
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
@@ -410,6 +411,7 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
                      *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> RecoveryResult:
     """Re-apply, re-import, fix sequences and prove, in one transaction (module docstring).
     ``conn`` must be a read-write session that is not in a transaction."""
+    lock_timeout = lock_timeout_setting(lock_timeout)
     folder = Path(folder)
     manifest = require_complete_export(migration, folder)
     result = RecoveryResult(migration.name)
@@ -465,6 +467,7 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
 def recover(run, migration: Migration, folder: Path,
             *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Execute mode: :func:`perform_recovery`; review mode: change nothing, say so."""
+    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
     if not run.executing:
         return pd.DataFrame([{"check": "review mode: nothing was re-applied", "result": "",
                               "observed": "", "expected": "mode='execute' to perform"}])
