@@ -563,7 +563,7 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
     if require_export:
         require_sound_export(export_dir)  # file checksums, before any lock is taken
     result = DropResult(migration.name, committed=False)
-    with translated_errors():
+    with translated_errors(conn):
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))

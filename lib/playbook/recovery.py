@@ -415,7 +415,7 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
     folder = Path(folder)
     manifest = require_complete_export(migration, folder)
     result = RecoveryResult(migration.name)
-    with translated_errors():
+    with translated_errors(conn):
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
