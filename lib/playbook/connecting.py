@@ -26,6 +26,43 @@ TRANSACTION_POOLER_PORTS = {"6543"}
 LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGSERVICE", "PGDATABASE", "PGPORT", "PGUSER")
 
 
+# The longest a step may wait for a lock. While a DROP waits for its ACCESS EXCLUSIVE
+# lock, every query of the application on that table queues behind it: a longer wait is
+# an outage, and 0 (PostgreSQL's "wait forever") is refused outright.
+MAX_LOCK_TIMEOUT = "30s"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?")
+_MILLISECONDS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000,
+                 "d": 86_400_000, None: 1}
+
+
+def lock_timeout_setting(value: object) -> str:
+    """``value`` (``"2s"``, ``"300ms"``, ``1500`` = ms, as PostgreSQL reads it) as the
+    lock_timeout to set, in milliseconds; refused before anything connects when it is 0
+    (wait forever), above MAX_LOCK_TIMEOUT, or not a duration."""
+    text = "" if isinstance(value, bool) else str(value).strip()
+    match = _DURATION.fullmatch(text)
+    limit = _to_milliseconds(_DURATION.fullmatch(MAX_LOCK_TIMEOUT))
+    milliseconds = _to_milliseconds(match) if match else None
+    if milliseconds is None or milliseconds < 1 or milliseconds > limit:
+        why = (
+            "is not a duration PostgreSQL reads (a number with us, ms, s, min, h or d)"
+            if milliseconds is None else
+            "is 0 or rounds to 0, which means wait forever: a DROP would hold the "
+            "application's queries behind it"
+            if milliseconds < 1 else f"is above the playbook's maximum of {MAX_LOCK_TIMEOUT}"
+        )
+        raise ConfigurationError(
+            f"lock_timeout {value!r} {why}. Nothing was changed.",
+            next_step=f"pass a duration from 1ms to {MAX_LOCK_TIMEOUT}, e.g. lock_timeout "
+            "2s (the default); if a lock is busy, find its holder rather than wait longer.",
+        )
+    return f"{round(milliseconds)}ms"
+
+
+def _to_milliseconds(match: re.Match | None) -> float | None:
+    return float(match.group(1)) * _MILLISECONDS[match.group(2)] if match else None
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     """Limits every session states, so no step waits forever or hides who it is."""
@@ -33,6 +70,9 @@ class SessionLimits:
     statement_timeout: str = "60s"
     lock_timeout: str = "2s"
     idle_in_transaction_session_timeout: str = "5min"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lock_timeout", lock_timeout_setting(self.lock_timeout))
 
 
 def database_url(env_name: str = DEFAULT_URL_ENV) -> str:

@@ -43,6 +43,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
+from .connecting import lock_timeout_setting
 from .dependencies import (
     Dependent,
     check_include_dependents,
@@ -728,10 +729,11 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
     ``conn`` must be a read-write session that is not in a transaction. With
     ``require_export`` (always, from notebook 20) step 1's export must be sound, and the
     final export taken under the write lock is in ``export_dir`` before COMMIT."""
+    lock_timeout = lock_timeout_setting(lock_timeout)
     export_dir = Path(export_dir)
     preliminary = _preliminary_export(migration, export_dir) if require_export else None
     result = DropResult(migration.name, committed=False)
-    with translated_errors():
+    with translated_errors(conn):
         try:
             with conn.transaction():
                 # READ COMMITTED whatever the session's default: the final export's
@@ -825,6 +827,7 @@ def rollback(run, migration: Migration, export_dir: Path,
              *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Step 3, Perform: in execute mode drop (see :func:`perform_drop`); in review mode
     say what would be dropped and change nothing."""
+    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
     if isinstance(migration, ReversibleMigration):
         return migration.roll_back(run, export_dir, lock_timeout=lock_timeout)
     if not run.executing:

@@ -21,6 +21,7 @@ from psycopg import sql
 from .errors import ConfigurationError
 from .migrations import Migration
 from .names import QualifiedName
+from .queries import value
 
 DEFAULT_SCHEMA = "public"
 # The order a rollback shows (and, reversed where it matters, drops) them in.
@@ -281,10 +282,9 @@ def find_in_database(conn: psycopg.Connection, migration: Migration,
             if oid is None:
                 found.note = ROLLBACK_NOT_NEEDED
             elif count_rows:
-                found.rows = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(obj.schema,
-                                                                             obj.name))
-                ).fetchone()[0]
+                # Through queries.value: a lock timeout names the session holding the table.
+                found.rows = value(conn, sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(obj.schema, obj.name)))
         elif oid is None:
             found.note = "absent"
         inventory.objects.append(found)

@@ -18,6 +18,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .errors import ConnectionFailed, LockBusy, ObjectNotFound, PlaybookError
+from .locks import LockHolder, holders_seen_from, what_to_do
 
 Query = str | sql.Composable
 
@@ -25,7 +26,7 @@ Query = str | sql.Composable
 def table(conn: psycopg.Connection, query: Query, params: Sequence[Any] | dict | None = None
           ) -> pd.DataFrame:
     """The result of ``query`` as a pandas table (column names kept)."""
-    with translated_errors(), conn.cursor() as cur:
+    with translated_errors(conn), conn.cursor() as cur:
         cur.execute(query, params)
         columns = [c.name for c in cur.description or []]
         return pd.DataFrame(cur.fetchall(), columns=columns)
@@ -34,7 +35,7 @@ def table(conn: psycopg.Connection, query: Query, params: Sequence[Any] | dict |
 def value(conn: psycopg.Connection, query: Query, params: Sequence[Any] | dict | None = None
           ) -> Any:
     """The first column of the first row, or None."""
-    with translated_errors():
+    with translated_errors(conn):
         row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
@@ -48,23 +49,26 @@ def run_script(conn: psycopg.Connection, path: Path) -> None:
     """Execute a whole SQL file (functions with $$ bodies included) in the current
     transaction, with the simple query protocol."""
     text = Path(path).read_text()
-    with translated_errors(), conn.cursor() as cur:
+    with translated_errors(conn), conn.cursor() as cur:
         cur.execute(text.encode(), prepare=False)
 
 
 @contextmanager
-def translated_errors() -> Iterator[None]:
-    """Turn PostgreSQL errors an operator can act on into the playbook's own."""
+def translated_errors(conn: psycopg.Connection | None = None) -> Iterator[None]:
+    """Turn PostgreSQL errors an operator can act on into the playbook's own. Given the
+    session, a lock timeout names the sessions holding the locks (see locks.py)."""
     try:
         yield
     except PlaybookError:
         raise
     except pgerrors.LockNotAvailable as exc:
+        holders = _lock_holders(conn)
+        who = ("; ".join(h.describe() for h in holders) if holders
+               else "another session holds it")
         raise LockBusy(
-            f"A table lock could not be taken within lock_timeout ({_first_line(exc)}): another "
-            "session holds it. The transaction was rolled back; nothing was changed.",
-            next_step="find the blocker in pg_stat_activity / pg_locks, wait or end it, and "
-            "run again.",
+            f"A lock could not be taken within lock_timeout ({_first_line(exc)}): {who}. "
+            "The transaction was rolled back; nothing was changed.",
+            next_step=what_to_do(holders),
         ) from None
     except pgerrors.UndefinedTable as exc:
         raise ObjectNotFound(
@@ -90,6 +94,15 @@ def translated_errors() -> Iterator[None]:
             next_step="check the server, then run the step again from the top (it is safe to "
             "re-run).",
         ) from None
+
+
+def _lock_holders(conn: psycopg.Connection | None) -> list[LockHolder]:
+    if conn is None:
+        return []
+    try:
+        return holders_seen_from(conn)
+    except psycopg.Error:  # naming the blocker is a courtesy: never hide the lock error
+        return []
 
 
 def _first_line(exc: BaseException) -> str:

@@ -137,6 +137,8 @@ def check_parameters(parameters: Mapping[str, object], declared: Mapping[str, di
             f"{notebook} has no parameter {', '.join(unknown)}. Nothing was run.",
             next_step=f"its parameters are {', '.join(declared)}.",
         )
+    if "lock_timeout" in parameters:  # 0 (wait forever) or too long: refused before the run
+        connecting.lock_timeout_setting(parameters["lock_timeout"])
     secrets = [s for s in secrets if s]
     for name, value in parameters.items():
         text = json.dumps(value, default=str)

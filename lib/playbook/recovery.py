@@ -27,6 +27,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
+from .connecting import lock_timeout_setting
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
@@ -399,10 +400,11 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
                      *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> RecoveryResult:
     """Re-apply, re-import, fix sequences and prove, in one transaction (module docstring).
     ``conn`` must be a read-write session that is not in a transaction."""
+    lock_timeout = lock_timeout_setting(lock_timeout)
     folder = Path(folder)
     manifest = require_complete_export(migration, folder)
     result = RecoveryResult(migration.name)
-    with translated_errors():
+    with translated_errors(conn):
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
@@ -454,6 +456,7 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
 def recover(run, migration: Migration, folder: Path,
             *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
     """Execute mode: :func:`perform_recovery`; review mode: change nothing, say so."""
+    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
     if isinstance(migration, ReversibleMigration):
         return migration.recover(run, folder, lock_timeout=lock_timeout)
     if not run.executing:

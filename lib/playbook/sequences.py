@@ -344,7 +344,7 @@ def run_rollback(run: Run, diagnosis: SequenceDiagnosis) -> RollbackOutcome:
                                "statements below" if plan.steps else
                                "review mode: nothing to do, nothing was changed")
     run.require_open_gates()
-    with run.connect(purpose=f"{run.notebook}:rollback") as conn, translated_errors():
+    with run.connect(purpose=f"{run.notebook}:rollback") as conn, translated_errors(conn):
         with conn.transaction():
             _begin_change(conn, diagnosis.target)
             before = diagnose(conn, diagnosis.target, diagnosis.column)

@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
-from playbook import backups, drops, pgbinaries, recovery, repair, restore, sequences
+from playbook import (
+    backups,
+    connecting,
+    drops,
+    pgbinaries,
+    recovery,
+    repair,
+    restore,
+    sequences,
+)
 from playbook.errors import (
     BackupUnusable,
     ConfigurationError,
@@ -99,6 +108,11 @@ def _export_of_another_migration(c: Ctx) -> Path:
         (folder / entry["file"]).write_bytes((c.export / entry["file"]).read_bytes())
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+def _perform_drop_directly(c: Ctx, lock_timeout: object) -> None:
+    with connecting.connect(purpose="test") as conn:
+        drops.perform_drop(conn, COACHING, c.export, lock_timeout=lock_timeout)
 
 
 def _gate_answers(c: Ctx, notebook: str, answers: dict):
@@ -212,6 +226,30 @@ CASES = [
     Case("include-dependents-not-a-list",
          lambda c: drops.review_drop(c.review(DROP), COACHING, "view public.x"),
          ConfigurationError, "must be a list"),
+    # --- lock_timeout: 0 waits forever, a long wait is an outage ----------------------
+    Case("lock-timeout-zero-drop", lambda c: drops.rollback(
+        c.execute(DROP), COACHING, c.export, lock_timeout="0"), ConfigurationError,
+         "means wait forever", needs_export=True),
+    Case("lock-timeout-zero-as-a-number-recovery", lambda c: recovery.recover(
+        c.execute(RECOVER), COACHING, c.export, lock_timeout=0), ConfigurationError,
+         "means wait forever", database="half", needs_export=True),
+    Case("lock-timeout-zero-seconds-review", lambda c: drops.rollback(
+        c.review(DROP), COACHING, c.tmp / "never", lock_timeout="0s"), ConfigurationError,
+         "means wait forever"),
+    Case("lock-timeout-45s-above-the-maximum", lambda c: drops.rollback(
+        c.execute(DROP), COACHING, c.export, lock_timeout="45s"), ConfigurationError,
+         "maximum of 30s", needs_export=True),
+    Case("lock-timeout-one-hour-recovery", lambda c: recovery.recover(
+        c.execute(RECOVER), COACHING, c.export, lock_timeout="1h"), ConfigurationError,
+         "maximum of 30s", database="half", needs_export=True),
+    Case("lock-timeout-in-words", lambda c: recovery.recover(
+        c.review(RECOVER), COACHING, c.tmp, lock_timeout="2 seconds"), ConfigurationError,
+         "not a duration"),
+    Case("lock-timeout-negative-direct-drop", lambda c: _perform_drop_directly(
+        c, lock_timeout="-1"), ConfigurationError, "not a duration", needs_export=True),
+    Case("lock-timeout-zero-session-limits", lambda c: connecting.connect(
+        limits=connecting.SessionLimits(lock_timeout="0ms")), ConfigurationError,
+         "means wait forever"),
     # --- missing or unreadable files -------------------------------------------------
     Case("migration-file-missing", lambda c: load_migration("/nonexistent/migration.sql"),
          ObjectNotFound, "Nothing was changed"),
@@ -346,6 +384,8 @@ PAPERMILL_CASES = [
     (RECOVER, {"export_dir": "/nonexistent/export"}, "ExportMismatch"),
     (FULL, {"backup_dir": "/nonexistent/backups"}, "BackupUnusable"),
     (SURGICAL, {"backup_file": "/nonexistent/backup.dump"}, "BackupUnusable"),
+    (DROP, {"lock_timeout": "0"}, "ConfigurationError"),
+    (RECOVER, {"lock_timeout": "45s"}, "ConfigurationError"),
 ]
 
 
@@ -373,4 +413,23 @@ def test_papermill_cli_exits_non_zero_on_a_pooled_connection(demo_db, pooler_url
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "UnsafeConnection" in done.stderr + done.stdout
+    assert demo_db.fingerprint() == before
+
+
+@pytest.mark.parametrize("value, says", [("0", "means wait forever"),
+                                         ("31s", "maximum of 30s"),
+                                         ("soon", "not a duration")])
+def test_playbook_run_refuses_a_bad_lock_timeout_before_anything_runs(demo_db, tmp_path,
+                                                                      value, says):
+    before = demo_db.fingerprint()
+    incidents = tmp_path / "incidents"
+    env = {**os.environ, "PLAYBOOK_INCIDENTS": str(incidents)}
+    done = subprocess.run(
+        [sys.executable, "-m", "playbook", "run", DROP, "--incident", "INC-LT", "-f",
+         str(ROOT / "parameters" / f"{DROP}.yaml"), "-p", "mode", "execute", "-p",
+         "confirm_database", demo_db.name, "-p", "lock_timeout", value],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert not incidents.exists() or not list(incidents.rglob("*.ipynb")), "nothing ran"
     assert demo_db.fingerprint() == before

@@ -11,7 +11,7 @@ from importlib import import_module
 from ..errors import PlaybookError
 
 # Each module has ``register(subparsers)``; its parsers set ``func(args) -> int``.
-COMMAND_MODULES = ("db", "demo", "lab", "backup", "records", "snapshot")
+COMMAND_MODULES = ("db", "demo", "lab", "backup", "records", "locks", "snapshot")
 
 
 def build_parser() -> argparse.ArgumentParser:
