@@ -20,6 +20,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ..connecting import lock_timeout_setting
 from ..errors import ExportFailed, ExportMismatch, PreconditionFailed, VerificationFailed
 from ..exports import (
     ExportedFile,
@@ -80,7 +81,8 @@ class RollbackResult:
 
 
 def _set_limits(conn: psycopg.Connection, lock_timeout: str) -> None:
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+    conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                 (lock_timeout_setting(lock_timeout),))
     # Exports and DDL of a large table may take minutes: the lock waits are what
     # lock_timeout bounds; the statements themselves are not cut short.
     conn.execute("SELECT set_config('statement_timeout', '0', true)")
