@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import psycopg
+from bench_coaching import LoginProbe, loaded_database
 
-from playbook import demo_app, drops, localdb
+from playbook import drops
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "writes-during-drop"
-ROWS = int(os.environ.get("BENCH_COACHING_ROWS", "1000000"))
 LOCK_TIMEOUT = "2s"
 
 
@@ -83,14 +82,6 @@ class _Application(_Timed):
         self.committed[message] = body  # autocommit: the statement returned = committed
 
 
-class _Login(_Timed):
-    def prepare(self, conn: psycopg.Connection) -> None:
-        self.user = conn.execute("SELECT id FROM public.profiles LIMIT 1").fetchone()[0]
-
-    def statement(self, conn: psycopg.Connection, i: int) -> None:
-        conn.execute("SELECT username FROM public.profiles WHERE id = %s", (self.user,))
-
-
 def _missing_from_export(folder: Path, committed: dict[int, str]) -> int:
     with open(folder / "public.sponsor_chat_messages.csv", newline="") as handle:
         exported = {int(row["id"]): row["body"] for row in csv.DictReader(handle)
@@ -99,41 +90,31 @@ def _missing_from_export(folder: Path, committed: dict[int, str]) -> int:
 
 
 def main() -> list[str]:
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    cluster = localdb.LocalCluster("bench-writes", home=OUT)
-    state = cluster.start()
     lines = []
-    try:
-        url = localdb.create_database(state.url("postgres"), "bench", replace=True)
-        with psycopg.connect(url) as conn:
-            demo_app.create_application(conn)
-            demo_app.apply_coaching_migration(conn)
-            counts = demo_app.load_sample_data(conn, rows=ROWS)
+    with loaded_database("bench-writes", OUT) as (url, loaded):
+        lines.append(loaded)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        in_migration = sum(n for t, n in counts.items() if t.startswith("public.sponsor_"))
-        lines.append(f"{in_migration} rows in the migration's tables ({counts})")
         os.environ["DATABASE_URL"] = url
         migration = load_migration("coaching_tables")
         run = begin_run("20_rollback_coaching_tables", mode="execute", confirm_database="bench")
         folder = OUT / "export"
-        application, login = _Application(url, "the application"), _Login(url, "a login")
-        for thread in (application, login):
-            thread.start()
-            thread.ready.wait(30)
-        started = time.perf_counter()
-        drops.export_migration_data(run, migration, folder, archive=False, show_progress=False)
-        step1 = time.perf_counter() - started
-        time.sleep(1)  # the gate, the checklist: the application goes on writing
-        before_drop = application.count
-        with psycopg.connect(url) as conn:
+        application = _Application(url, "the application")
+        application.start()
+        application.ready.wait(30)
+        with LoginProbe(url) as login:
             started = time.perf_counter()
-            result = drops.perform_drop(conn, migration, folder, lock_timeout=LOCK_TIMEOUT)
-            total = time.perf_counter() - started
-        time.sleep(0.5)
-        for thread in (application, login):
-            thread.stop()
+            drops.export_migration_data(run, migration, folder, archive=False,
+                                        show_progress=False)
+            step1 = time.perf_counter() - started
+            time.sleep(1)  # the gate, the checklist: the application goes on writing
+            before_drop = application.count
+            with psycopg.connect(url) as conn:
+                started = time.perf_counter()
+                result = drops.perform_drop(conn, migration, folder, lock_timeout=LOCK_TIMEOUT)
+                total = time.perf_counter() - started
+            time.sleep(0.5)
+        application.stop()
         replaced = any("replaced" in c.name for c in result.export_checks)
         outcome = "replaced step 1's" if replaced else "equal to step 1's"
         lines.append(f"step 1 export {step1:.2f}s; drop transaction {total:.2f}s, committed="
@@ -144,14 +125,12 @@ def main() -> list[str]:
                      f"longest waited {application.longest * 1000:.0f} ms (target < 2000 ms); "
                      f"the drop blocked them {result.writes_blocked_ms:.0f} ms; the waiting "
                      f"write ended with {application.error or 'no error'}")
-        lines.append(f"login reads of public.profiles: {login.count}, the longest waited "
+        lines.append(f"login reads of public.profiles: {login.reads}, the longest waited "
                      f"{login.longest * 1000:.0f} ms (lock_timeout {LOCK_TIMEOUT}); ACCESS "
                      f"EXCLUSIVE held {result.lock_hold_ms:.0f} ms")
         missing = _missing_from_export(folder, application.committed)
         lines.append(f"committed writes missing from the export the drop left: {missing} of "
                      f"{len(application.committed)} edited messages (must be 0)")
-    finally:
-        cluster.destroy()
     return lines
 
 
