@@ -433,11 +433,11 @@ class FinalExport:
 
 
 def final_export(conn: psycopg.Connection, migration: Migration, tables: list[QualifiedName],
-                 live_rows: dict[str, int], export_dir: Path, preliminary: Manifest,
+                 export_dir: Path, preliminary: Manifest,
                  *, lock_timeout: str, show_progress: bool = False) -> FinalExport:
     """Inside the drop's transaction, once writes to ``tables`` are blocked: export them
-    from this transaction's snapshot into a staging folder, verify it (rows equal
-    ``live_rows``, counted under the lock; every file re-read against its SHA-256), then
+    from this transaction's snapshot into a staging folder, verify it (every table in it,
+    with the rows the server sent; every file re-read against its size and SHA-256), then
 
     - if every file equals step 1's (same rows, same SHA-256), step 1's export already
       holds every committed write: it stays, the staging folder goes;
@@ -460,10 +460,10 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
         "under the drop's write lock)", lock_timeout=lock_timeout,
         extra=_export_extra(migration, tables), show_progress=show_progress)
     exported = {f.table: f.rows for f in manifest.files}
-    problems = [f"{t}: {exported.get(t)} rows exported, {n} live" for t, n in live_rows.items()
-                if exported.get(t) != n] + verify_files(staging, manifest)
-    checks = [Check("final export taken under the write lock: rows equal the live counts, "
-                    "files equal their SHA-256", not problems, "; ".join(problems) or
+    problems = [f"{t} is not in it" for t in map(str, tables) if t not in exported]
+    problems += verify_files(staging, manifest)
+    checks = [Check("final export taken under the write lock: every table, every file "
+                    "equal to its size and SHA-256", not problems, "; ".join(problems) or
                     f"{sum(exported.values())} rows in {len(exported)} files", "equal")]
     if problems:
         raise ExportFailed(
@@ -741,6 +741,11 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                 conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
                 take_playbook_lock(conn, lock_scope(migration))
+                # Taken before any table lock (nothing of ours is locked yet, and writes
+                # to the migration's tables are not held up by it); the proof before
+                # COMMIT compares the catalog and this transaction's own row counters.
+                before = protected_state(conn, migration,
+                                         with_checksums=not counts_changes(conn))
                 tables = _export_order(conn, find_in_database(conn, migration,
                                                               count_rows=False))
                 blocked = None
@@ -748,13 +753,17 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                     # Writers wait from here to COMMIT; readers until the first DROP.
                     conn.execute(block_writes_statement(tables))
                     blocked = time.perf_counter()
-                inventory = find_in_database(conn, migration)  # counts under the lock
+                # Under the lock; the rows are counted by the final export's COPY.
+                inventory = find_in_database(conn, migration,
+                                             count_rows=preliminary is None)
                 if preliminary is not None and tables:
-                    live = {str(QualifiedName(f.obj.schema, f.obj.name)): f.rows
-                            for f in inventory.of_kind("table")}
-                    final = final_export(conn, migration, tables, live, export_dir,
-                                         preliminary, lock_timeout=lock_timeout,
+                    final = final_export(conn, migration, tables, export_dir, preliminary,
+                                         lock_timeout=lock_timeout,
                                          show_progress=show_progress)
+                    exported = final.manifest.by_table()
+                    for found in inventory.of_kind("table"):
+                        found.rows = exported[str(QualifiedName(found.obj.schema,
+                                                                found.obj.name))].rows
                     result.export_checks = final.checks
                     result.final_export_s = final.seconds
                 plan = build_drop_plan(conn, migration, include_dependents,
@@ -762,10 +771,6 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                 if plan.nothing_to_do:
                     result.note = "every object of the migration is absent: rollback not needed"
                     return result
-                # Taken before the first DROP, while only the migration's own tables are
-                # locked; after it, only catalog look-ups until COMMIT.
-                before = protected_state(conn, migration,
-                                         with_checksums=not counts_changes(conn))
                 started = time.perf_counter()
                 for step in plan.steps:
                     if step.statement is not None:

@@ -162,6 +162,14 @@ def _session_settings_to_copy(conn: psycopg.Connection) -> list[tuple[str, str]]
         "'transaction_deferrable', 'session_authorization')").fetchall()
 
 
+def _rows_in_physical_order(conn: psycopg.Connection) -> None:
+    """For the rest of the transaction, a table is read from its first page even while
+    another scan of it runs (no synchronized scan starting mid-table): two exports of
+    unchanged data then write the same bytes, which the drop relies on to tell whether
+    step 1's export still holds everything."""
+    conn.execute("SELECT set_config('synchronize_seqscans', 'off', true)")
+
+
 def _snapshot_sessions(conn: psycopg.Connection, count: int,
                        lock_timeout: str | None = None) -> list[psycopg.Connection]:
     """Up to ``count`` more sessions to the same database, each in a REPEATABLE READ
@@ -196,6 +204,7 @@ def _snapshot_sessions(conn: psycopg.Connection, count: int,
                                (lock_timeout,))
             helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            _rows_in_physical_order(helper)
         except psycopg.Error:
             helper.close()
             break
@@ -250,6 +259,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                 try:
                     with conn.transaction():
                         manifest.extra.setdefault("session", session_settings(conn))
+                        _rows_in_physical_order(conn)
                         helpers = _snapshot_sessions(conn, extra_sessions)
                         try:
                             results = _run_exports(conn, helpers, work, folder, show_progress)
@@ -289,6 +299,7 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     manifest.extra["session"] = session_settings(conn)
+    _rows_in_physical_order(conn)
     work = _work(tables, None)
     with writing_into(folder):
         try:

@@ -21,6 +21,8 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -57,7 +59,7 @@ def _empty_and_checkpoint(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-class _LoginProbe:
+class LoginProbe:
     """Reads one profile by id in a loop on its own session (what a login does) and
     records the longest single read: how long the drop's locks made the application wait."""
 
@@ -77,7 +79,7 @@ class _LoginProbe:
                 self.reads += 1
                 time.sleep(0.001)
 
-    def __enter__(self) -> _LoginProbe:
+    def __enter__(self) -> LoginProbe:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -88,12 +90,15 @@ class _LoginProbe:
         self._thread.join()
 
 
-def main() -> list[str]:
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    cluster = localdb.LocalCluster("bench-coaching", home=OUT)
+@contextmanager
+def loaded_database(name: str, out: Path) -> Iterator[tuple[str, str]]:
+    """A throwaway cluster under ``out`` holding the demo application, the coaching
+    migration and ROWS chat messages; yields (url, what was loaded and how long it took).
+    The cluster is destroyed afterwards."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cluster = localdb.LocalCluster(name, home=out)
     state = cluster.start()
-    lines = []
     try:
         url = localdb.create_database(state.url("postgres"), "bench", replace=True)
         with psycopg.connect(url) as conn:
@@ -101,9 +106,18 @@ def main() -> list[str]:
             demo_app.apply_coaching_migration(conn)
             started = time.perf_counter()
             counts = demo_app.load_sample_data(conn, rows=ROWS)
-        lines.append(f"loaded {counts} in {time.perf_counter() - started:.1f}s")
+        yield url, f"loaded {counts} in {time.perf_counter() - started:.1f}s"
+    finally:
+        cluster.destroy()
+
+
+def main() -> list[str]:
+    lines = []
+    with loaded_database("bench-coaching", OUT) as (url, loaded):
+        lines.append(loaded)
+        with psycopg.connect(url) as conn:
+            major = conn.info.server_version // 10000
         migration = load_migration("coaching_tables")
-        major = state.major
 
         # Export with checksums (one snapshot) vs psql \copy TO, interleaved.
         folder = OUT / "export"
@@ -131,7 +145,7 @@ def main() -> list[str]:
 
         # Drop: the ACCESS EXCLUSIVE lock hold time, and what a login waited meanwhile.
         with psycopg.connect(url) as conn:
-            with _LoginProbe(url) as probe:
+            with LoginProbe(url) as probe:
                 started = time.perf_counter()
                 result = drops.perform_drop(conn, migration, folder)
                 total = time.perf_counter() - started
@@ -180,8 +194,6 @@ def main() -> list[str]:
             recovered = recovery.perform_recovery(conn, migration, folder)
             lines.append(f"full recovery with proof: {time.perf_counter() - started:.2f}s, "
                          f"committed={recovered.committed}")
-    finally:
-        cluster.destroy()
     return lines
 
 
