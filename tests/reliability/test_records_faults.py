@@ -30,6 +30,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from helpers import ROOT, run_cli
 from playbook import journal
 from playbook.records import DIED, RECORD_INCOMPLETE, SUCCEEDED, read_records
+from receivers import webhook_receiver
 from reliability.conftest import coaching_tables_present
 
 YES_20 = {q: "yes" for q in ("issue_confirmed", "recent_backup", "backup_tested",
@@ -293,8 +294,17 @@ def test_a_kernel_that_dies_leaves_a_died_record_and_no_later_step_completed(
     env = _environment(demo_db, incidents, tmp_path)
     notebooks = tmp_path / "notebooks"
     _dying_notebook(notebooks)
-    result = run_cli("run", "dying", "--incident", "INC-DEAD", "--notebooks", str(notebooks),
-                     "-p", "mode", "execute", "-p", "confirm_database", demo_db.name, env=env)
+    with webhook_receiver() as hook:
+        env["PLAYBOOK_NOTIFY"] = f"json://127.0.0.1:{hook.server_address[1]}/"
+        result = run_cli("run", "dying", "--incident", "INC-DEAD", "--notebooks",
+                         str(notebooks), "-p", "mode", "execute", "-p", "confirm_database",
+                         demo_db.name, env=env)
+    # The team heard it start, COMMIT, and die (where, and what had COMMITTED).
+    assert [m["title"].rsplit(" ", 1)[-1] for m in hook.received] == \
+        ["started", "committed", "died"]
+    died = hook.received[-1]["message"]
+    assert re.search(r"outcome: 01-dying: died at cell \d+ \(The step that dies\): the kernel "
+                     r"died .* \(the change COMMITTED\)", died), died
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"died at cell \d+ \(The step that dies\)", result.stdout)
     assert "the change COMMITTED" in result.stdout
