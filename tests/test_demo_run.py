@@ -27,6 +27,7 @@ def test_demo_run_rehearses_every_notebook_and_leaves_a_complete_incident(empty_
                              "31_restore_tables"}
     assert set(outcomes.values()) == {"succeeded"}
     assert (folder / "timeline.md").exists() and (folder / "timeline.png").exists()
+    _timeline_shows_one_bar_per_run_and_every_commit(folder)
 
     # Every export sits beside the records of the run that wrote it.
     manifests = sorted(p.relative_to(incidents) for p in incidents.rglob("manifest.json"))
@@ -60,3 +61,37 @@ def test_demo_run_refuses_a_database_that_is_not_empty(demo_db, project_env, tmp
     assert "only runs on an empty database" in result.stderr
     assert demo_db.fingerprint() == before
     assert not Path(tmp_path / "incidents").exists()
+
+
+def _timeline_shows_one_bar_per_run_and_every_commit(folder: Path) -> None:
+    """The PNG draws one bar per run (read from the figure's own data, kept in the PNG)
+    and fits one screen; the summary lists each COMMIT the demo's execute runs made."""
+    from PIL import Image
+
+    records = sorted((json.loads(p.read_text()) for p in folder.glob("[0-9]*-*.json")),
+                     key=lambda r: r["number"])
+    with Image.open(folder / "timeline.png") as picture:
+        width, height = picture.size
+        drawn = json.loads(picture.text["Description"])["playbook:bars"]
+    assert sorted(bar["run"] for bar in drawn) == [f"{r['number']:02d}" for r in records]
+    assert len({bar["y"] for bar in drawn}) == len(records)  # one row each
+    assert width <= 1920 and height <= 1080
+
+    summary = (folder / "timeline.md").read_text().split("## Runs")[0]
+    changed = summary.split("### What changed in the database")[1].split("###")[0]
+    rows = [line for line in changed.splitlines() if line.startswith("| 20")]
+    executed = [r for r in records if r["mode"] == "execute"]
+    assert {r["notebook"] for r in executed} == {"10_rollback_sequence",
+                                                 "20_rollback_coaching_tables",
+                                                 "21_recover_coaching_tables",
+                                                 "31_restore_tables"}
+    for record in executed:
+        label = f"{record['number']:02d}-{record['notebook']}"
+        assert any(f"| {label} |" in row for row in rows), (label, changed)
+    (drop,) = [row for row in rows if "the drop" in row]
+    for table, count in (("public.sponsor_chat_messages", 400),):
+        assert table in drop and f"{table}: {count:,}" in drop
+    (recovery,) = [row for row in rows if "the recovery" in row]
+    assert "public.sponsor_chat_messages: 400" in recovery
+    assert "### Exports and backups" in summary and "matches its manifest" in summary
+    assert "### Open follow-ups" in summary

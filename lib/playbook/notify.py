@@ -121,7 +121,8 @@ def _send_one(url: str, title: str, body: str) -> str:
         if not service.add(url):
             return "apprise does not understand this URL"
         with apprise.LogCapture(level=logging.WARNING) as logs:
-            delivered = service.notify(body=body, title=title)
+            delivered = service.notify(body=body, title=title,
+                                       body_format=apprise.NotifyFormat.TEXT)
         if delivered:
             return ""
         lines = [line.strip() for line in logs.getvalue().splitlines() if line.strip()]

@@ -52,7 +52,7 @@ import yaml
 from papermill.iorw import papermill_io
 
 from . import connecting, journal, notify
-from .errors import ConfigurationError, ObjectNotFound, RecordRefused
+from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, RecordRefused
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id
 from .kernels import LocalSocketKernelManager
@@ -445,6 +445,9 @@ def run_notebook(
 
     folder = folder or incident_folder(incident_id, root)
     folder.mkdir(parents=True, exist_ok=True)
+    for sent in announce_deaths(folder):
+        print(f"playbook: a killed run of this incident: {notify.summary(sent)}",
+              file=sys.stderr)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     mode = str(merged.get("mode") or "review")
     number, record_path = _claim_number(folder, path.stem, {
@@ -559,7 +562,7 @@ def _reserve_room(record_path: Path, journal_file: Path) -> Path:
         for leftover in (reserve, journal_file, record_path):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        raise RecordRefused(
+        raise PreconditionFailed(
             f"There is no room to record this run in {record_path.parent} ({exc.strerror}). "
             "Nothing was run or changed.",
             next_step="free some space there, or point PLAYBOOK_INCIDENTS at a folder on "
@@ -679,6 +682,35 @@ def read_records(folder: Path) -> list[Record]:
     return records
 
 
+ANNOUNCED = "death announced"
+
+
+def announce_deaths(folder: Path) -> list[dict]:
+    """Tell the team about runs of ``folder`` found dead (killed with their process, so
+    nobody could say so when it happened), once each; returns what was sent. Called when
+    the next run of the incident starts and by `playbook incidents` / `timeline`."""
+    sent = []
+    for record in read_records(folder):
+        journal_file = Path(record.files.get("journal", ""))
+        if record.outcome != DIED or record.mode != "execute" or not journal_file.is_file() \
+                or Path(record.files["notebook"]).exists():
+            continue  # a death `playbook run` saw itself was announced then
+        if any(e.get("event") == ANNOUNCED for e in journal.read(journal_file)):
+            continue
+        result = notify.send(notify.Notice(
+            notify.DIED, record.incident_id, record.notebook, record.target,
+            record.operator, record.summary(), record.files["record"]),
+            live_secrets([str(record.parameters.get("database_url_env") or
+                              connecting.DEFAULT_URL_ENV)] if record.parameters else []))
+        if result is None:
+            continue
+        entry = {"id": uuid.uuid4().hex, "at": journal.now(), "event": ANNOUNCED,
+                 "notification": result}
+        if journal.append(journal_file, entry):
+            sent.append(result)
+    return sent
+
+
 def _record_of(data: Mapping) -> Record:
     fields = {k: data.get(k) for k in Record.__dataclass_fields__ if k in data}
     return Record(**fields)
@@ -724,8 +756,11 @@ def _died(path: Path, stub: Mapping) -> Record | None:
            + (f" while cell {last['cell']} ({last.get('step', '')}) was running, started "
               f"{last.get('at')}" if last else " before the first cell started"))
     base = path.with_suffix("")
-    moments = [e for e in entries if e.get("event") != journal.CELL]
+    moments = [e for e in entries if e.get("event") not in (journal.CELL, ANNOUNCED)]
     moments.append({"id": f"died-{path.name}", "at": ended, "event": journal.DIED, "text": why})
+    told = [{"event": journal.NOTIFICATION, "at": e.get("at"), "text": notify.summary(
+        e["notification"]), **e["notification"]} for e in entries
+        if e.get("event") == ANNOUNCED and isinstance(e.get("notification"), dict)]
     return Record(
         incident_id=str(stub.get("incident_id", "")), number=int(stub.get("number") or
                                                                  path.name.split("-")[0]),
@@ -733,6 +768,7 @@ def _died(path: Path, stub: Mapping) -> Record | None:
         operator=str(stub.get("operator", "")), started_at=str(stub.get("started_at", "")),
         ended_at=str(ended or ""), outcome=DIED, where=where, why=why,
         target=str(stub.get("target", "")), mode=str(stub.get("mode", "")), moments=moments,
+        notifications=[m for m in moments if m.get("event") == journal.NOTIFICATION] + told,
         files={"notebook": str(base) + ".ipynb", "html": str(base) + ".html",
                "record": str(path), "journal": str(journal_file)})
 

@@ -634,10 +634,10 @@ def repair_step(job: SurgicalRestore) -> pd.DataFrame:
     job.run.require_open_gates()
     with job.scratch_connection() as scratch, job.run.connect(purpose="31_restore_tables") as live:
         job.result = execute_repair(scratch, live, job.plan)
-    journal.committed("the repair", list(job.result.written),
-                      {t: sum(c.values()) for t, c in job.result.written.items()},
-                      "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in c.items())
-                                for t, c in job.result.written.items()))
+    changed = {t: c for t, c in job.result.written.items() if any(c.values())}
+    journal.committed("the repair", list(changed), {t: sum(c.values()) for t, c in changed.items()},
+                      "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in c.items() if n)
+                                for t, c in changed.items()))
     return job.result.table()
 
 

@@ -31,15 +31,16 @@ from .records import DIED, FAILED, STOPPED, SUCCEEDED, Record, read_records
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "pending": "#9e9e9e"}
 OUTCOME_COLOURS = {SUCCEEDED: "#66bb6a", STOPPED: "#ffb74d", FAILED: "#e57373",
                    DIED: "#616161"}
-# The moments drawn on a run's bar: label, marker, colour, size.
+# The moments drawn on a run's bar: label, marker, colour, size, and a small vertical
+# offset so that moments a second apart (gate, export, COMMIT, checks) stay apart.
 MARKERS = {
-    "gate answered": ("v", "#1565c0", 70),
-    "gate closed": ("v", "#c62828", 70),
-    "export verified": ("s", "#6a1b9a", 60),
-    "COMMIT": ("*", "#000000", 220),
-    "verification passed": ("o", "#1b5e20", 60),
-    "verification failed": ("X", "#c62828", 90),
-    "died": ("X", "#000000", 140),
+    "gate answered": ("v", "#1565c0", 70, -0.17),
+    "gate closed": ("v", "#c62828", 70, -0.17),
+    "export verified": ("s", "#6a1b9a", 55, -0.06),
+    "COMMIT": ("*", "#000000", 240, 0.04),
+    "verification passed": ("o", "#1b5e20", 55, 0.16),
+    "verification failed": ("X", "#c62828", 90, 0.16),
+    "died": ("X", "#000000", 140, 0.0),
 }
 NOT_RUN = "not run"
 
@@ -241,6 +242,10 @@ def exports_and_backups(folder: Path, records: list[Record]) -> list[dict]:
             found.append({"kind": "export", "file": str(export.relative_to(folder)),
                           "rows": "", "sha256": "", "check": "manifest unreadable"})
             continue
+        found.append({"kind": "export manifest", "file": str(manifest_path.relative_to(folder)),
+                      "rows": sum(int(e.get("rows") or 0) for e in manifest.get("files", [])),
+                      "sha256": _sha256(manifest_path),
+                      "check": f"{len(manifest.get('files', []))} files"})
         for entry in manifest.get("files", []):
             path = export / entry.get("file", "")
             seen.add(path.resolve())
@@ -273,6 +278,11 @@ def _known(moment: object) -> bool:
     return moment is not None and not pd.isna(moment)
 
 
+def _when(text: object) -> str:
+    moment = _time(str(text)) if text else None
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment else ""
+
+
 def _fmt(moment: datetime | None) -> str:
     return moment.strftime("%H:%M:%S") if _known(moment) else ""
 
@@ -285,21 +295,25 @@ def _summary(t: Timeline) -> list[str]:
     lines = ["## Summary", "", "### What changed in the database", ""]
     commits = [(r, c) for r in t.records for c in r.committed]
     if commits:
-        lines += ["| when (UTC) | run | what COMMITTED | objects | rows |",
+        lines += ["| when (UTC) | run | what COMMITTED | objects | rows affected |",
                   "| --- | --- | --- | --- | --- |"]
         for r, c in sorted(commits, key=lambda rc: str(rc[1].get("at"))):
             rows = ", ".join(f"{k}: {v:,}" for k, v in (c.get("rows") or {}).items())
-            lines.append(f"| {_cell(c.get('at', ''))} | {r.number:02d}-{r.notebook} | "
+            lines.append(f"| {_when(c.get('at'))} | {r.number:02d}-{r.notebook} | "
                          f"{_cell(c.get('what', ''))} | "
                          f"{_cell(', '.join(c.get('objects') or []))} | {_cell(rows)} |")
     else:
         lines.append("Nothing was COMMITted by any recorded run.")
     lines += ["", "### Exports and backups", ""]
-    if t.evidence:
+    shown = [e for e in t.evidence if e["rows"] != 0 or e["check"] != "matches its manifest"]
+    if shown:
         lines += ["| kind | file | rows | SHA-256 | check |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {e['kind']} | {_cell(e['file'])} | {e['rows']} | `{e['sha256']}` | "
-                  f"{e['check']} |" for e in t.evidence]
-    else:
+                  f"{e['check']} |" for e in shown]
+    if len(shown) < len(t.evidence):
+        lines += ["", f"{len(t.evidence) - len(shown)} empty export files (0 rows, each "
+                  "matching its manifest) are not listed; every manifest.json is."]
+    if not t.evidence:
         lines.append("No export or backup in this incident's folder.")
     lines += ["", "### Open follow-ups", ""]
     lines += [f"- [ ] {_cell(f)}" for f in t.run_follow_ups]
@@ -379,9 +393,9 @@ def _plot(t: Timeline) -> list[dict]:
             label, at = moment_label(entry), _time(entry.get("at"))
             if label is None or at is None:
                 continue
-            marker, colour, size = MARKERS[label]
-            ax.scatter([mdates.date2num(at)], [y], marker=marker, color=colour, s=size,
-                       zorder=3, edgecolors="white", linewidths=0.5)
+            marker, colour, size, offset = MARKERS[label]
+            ax.scatter([mdates.date2num(at)], [y + offset], marker=marker, color=colour,
+                       s=size, zorder=3, edgecolors="white", linewidths=0.5)
     ax.set_yticks(range(len(runs)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_ylim(len(runs) - 0.5, -0.5)
@@ -391,7 +405,7 @@ def _plot(t: Timeline) -> list[dict]:
     ax.set_title(f"Incident {t.incident_id}: one bar per run")
     handles = [Patch(color=c, label=o) for o, c in OUTCOME_COLOURS.items()]
     handles += [Line2D([], [], linestyle="", marker=m, color=c, markersize=8, label=label)
-                for label, (m, c, _s) in MARKERS.items()]
+                for label, (m, c, _s, _o) in MARKERS.items()]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
               frameon=False)
     fig.tight_layout()

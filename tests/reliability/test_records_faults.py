@@ -30,6 +30,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from helpers import ROOT, run_cli
 from playbook import journal
 from playbook.records import DIED, RECORD_INCOMPLETE, SUCCEEDED, read_records
+from receivers import webhook_receiver
 from reliability.conftest import coaching_tables_present
 
 YES_20 = {q: "yes" for q in ("issue_confirmed", "recent_backup", "backup_tested",
@@ -180,7 +181,7 @@ def test_a_disk_too_full_to_hold_the_record_refuses_to_start(demo_db, tmp_path):
             result = run_cli("run", "00_triage", "--incident", "INC-F", env=env)
         finally:
             subprocess.run(["umount", "-l", str(mount)], check=True)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr  # refused: nothing run
     assert "no room to record this run" in result.stderr
     assert "Nothing was run or changed" in result.stderr and "Traceback" not in result.stderr
 
@@ -232,10 +233,18 @@ def test_kill_9_of_playbook_run_during_the_drop_leaves_a_record_that_it_died_the
     assert datetime.fromisoformat(record.where["started_at"]).timestamp() <= killed_at
     assert record.committed == []
 
-    listing = run_cli("incidents", env=env)
+    with webhook_receiver() as hook:
+        env["PLAYBOOK_NOTIFY"] = f"json://127.0.0.1:{hook.server_address[1]}/"
+        listing = run_cli("incidents", env=env)
+        again = run_cli("incidents", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "01-20_rollback_coaching_tables: died at cell" in listing.stdout
     assert "(no finished run)" not in listing.stdout
+    # Nobody could tell the team when the process was killed: the first look does, once.
+    assert [m["title"] for m in hook.received] == \
+        ["[rollback playbook] INC-KILL: 20_rollback_coaching_tables died"]
+    assert "Perform the rollback" in hook.received[0]["message"]
+    assert "team notified (died)" in listing.stderr and "died" not in again.stderr
 
     timeline = run_cli("timeline", "INC-KILL", env=env)
     assert timeline.returncode == 0, timeline.stderr
@@ -293,8 +302,17 @@ def test_a_kernel_that_dies_leaves_a_died_record_and_no_later_step_completed(
     env = _environment(demo_db, incidents, tmp_path)
     notebooks = tmp_path / "notebooks"
     _dying_notebook(notebooks)
-    result = run_cli("run", "dying", "--incident", "INC-DEAD", "--notebooks", str(notebooks),
-                     "-p", "mode", "execute", "-p", "confirm_database", demo_db.name, env=env)
+    with webhook_receiver() as hook:
+        env["PLAYBOOK_NOTIFY"] = f"json://127.0.0.1:{hook.server_address[1]}/"
+        result = run_cli("run", "dying", "--incident", "INC-DEAD", "--notebooks",
+                         str(notebooks), "-p", "mode", "execute", "-p", "confirm_database",
+                         demo_db.name, env=env)
+    # The team heard it start, COMMIT, and die (where, and what had COMMITTED).
+    assert [m["title"].rsplit(" ", 1)[-1] for m in hook.received] == \
+        ["started", "committed", "died"]
+    died = hook.received[-1]["message"]
+    assert re.search(r"outcome: 01-dying: died at cell \d+ \(The step that dies\): the kernel "
+                     r"died .* \(the change COMMITTED\)", died), died
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"died at cell \d+ \(The step that dies\)", result.stdout)
     assert "the change COMMITTED" in result.stdout

@@ -67,6 +67,7 @@ def incidents_command(args: argparse.Namespace) -> int:
     from .. import records
 
     table = records.list_incidents()
+    _announce_deaths(table["folder"])
     if table.empty:
         print(f"no incidents recorded under {records.incidents_root()}")
         return 0
@@ -78,9 +79,20 @@ def timeline_command(args: argparse.Namespace) -> int:
     from ..timeline import build_timeline
 
     timeline = build_timeline(args.incident)
+    _announce_deaths([timeline.folder])
     print(timeline.markdown_path.read_text())
     print(f"written: {timeline.markdown_path} and {timeline.picture_path}")
     return 0
+
+
+def _announce_deaths(folders) -> None:
+    """Runs found killed are announced to the team (PLAYBOOK_NOTIFY) once, here."""
+    from .. import notify, records
+
+    for folder in folders:
+        for sent in records.announce_deaths(Path(folder)):
+            print(f"playbook: a run was found killed: {notify.summary(sent)}",
+                  file=sys.stderr)
 
 
 def inventory_command(args: argparse.Namespace) -> int:
