@@ -16,7 +16,7 @@ import pytest
 
 import supabase_shape as shape
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import localdb, restore, supabase_dumps
+from playbook import localdb, restore, scratch_servers, supabase_dumps
 from playbook.errors import ConfigurationError
 from playbook.flags import flag
 
@@ -74,7 +74,7 @@ def test_supabase_backup_repairs_the_damaged_tables_and_keeps_rows_written_since
         assert set(now) - set(before[table]) == written_since[table], table
     assert {t: shape.rows(url, t) for t in untouched} == untouched
     text = run.outputs_text()
-    major = 16 if scratch == "embedded only" else 15
+    major = 16 if scratch == "embedded only" else scratch_servers.best_local_bindir()[0].major
     assert f"PostgreSQL {major} at" in text  # the record says which server was used
     if scratch == "embedded only":
         assert "stand-ins for uuid-ossp" in text
@@ -171,3 +171,41 @@ def test_a_flag_that_is_not_yes_or_no_is_refused_before_anything(tmp_path):
     with pytest.raises(ConfigurationError, match="test_restore must be true or false"):
         flag("flase", "test_restore")
     assert papermill  # the notebooks get their flags from papermill as strings
+
+
+def test_rows_changed_after_the_backup_are_flagged_and_reverting_them_is_asked(
+        supabase_db, tmp_path):
+    name, url = supabase_db
+    backup = shape.custom_archive(url, 15, tmp_path / "backup")
+    before = {t: shape.rows(url, t) for t in shape.CHOSEN}
+    time.sleep(1.05)  # the archive's time has whole seconds
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Two legitimate increments after the backup (the touch trigger stamps updated_at)...
+        raised = {str(r[0]) for r in conn.execute(
+            "UPDATE public.projects SET budget = budget + 1 WHERE id IN (SELECT id FROM "
+            "public.projects ORDER BY id LIMIT 2) RETURNING id").fetchall()}
+        # ...and the damage: tasks deleted.
+        conn.execute("DELETE FROM public.tasks WHERE id % 4 = 0")
+    increments = shape.rows(url, "public.projects")
+    parameters = {
+        "mode": "execute", "confirm_database": name,
+        "answers": {**{q: "yes" for q in shipped_parameters("31_restore_tables")["answers"]},
+                    "changed_after_backup_reverted": "no"},
+        "backup_file": str(backup), "tables": list(shape.CHOSEN),
+        "export_dir": str(tmp_path / "exports")}
+    run = run_notebook("31_restore_tables", tmp_path / "asked", parameters)
+    assert run.failed and "changed_after_backup_reverted" in str(run.error)
+    text = run.outputs_text()
+    assert "of the changed: modified after the backup" in text
+    assert "changed after the backup" in text  # the two keys sampled
+    assert sum(text.count(key) for key in raised) >= 4  # each key: changed, changed after
+    assert shape.rows(url, "public.projects") == increments  # nothing reverted
+    # Keeping them: `missing` for projects brings back only what was deleted.
+    parameters["answers"]["changed_after_backup_reverted"] = "yes"
+    parameters["strategy"] = {"public.projects": "missing"}
+    run = run_notebook("31_restore_tables", tmp_path / "kept", parameters)
+    assert not run.failed, run.error
+    assert shape.rows(url, "public.projects") == increments
+    assert {k: v for k, v in increments.items() if k not in raised} == {
+        k: v for k, v in before["public.projects"].items() if k not in raised}
+    assert shape.rows(url, "public.tasks") == before["public.tasks"]

@@ -664,12 +664,16 @@ def repair_step(job: SurgicalRestore) -> pd.DataFrame:
     return job.result.table()
 
 
-def verify_step(job: SurgicalRestore) -> pd.DataFrame:
-    """Step 5: the document's checks (tables readable, counts, no orphaned profiles) and
-    the chosen tables against the backup, as pass/fail."""
+def verify_step(job: SurgicalRestore, checks_tables: Sequence[str] = ()) -> pd.DataFrame:
+    """Step 5: the document's checks (the application's tables readable: ``checks_tables``,
+    else those of the demo's that exist; users with profiles and no orphaned profiles when
+    both tables exist) and the chosen tables against the backup, as pass/fail."""
+    if not isinstance(checks_tables, list | tuple):
+        raise ConfigurationError("checks must be a list of table names. Nothing was changed.",
+                                 next_step="e.g. checks: [auth.users, public.profiles]")
     checks: list[Check] = []
     with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
-        checks += application_checks(live)
+        checks += application_checks(live, tables=list(checks_tables))
         tables = [d.table for d in job.report.diffs]
         now = table_diff.diff_tables(scratch, live, tables, None)
         for diff in now.diffs:
