@@ -137,6 +137,14 @@ def scratch_server(scratch_url_env: str = "") -> ScratchServer:
 def prepare_database(conn: psycopg.Connection) -> list[str]:
     """Schema ``extensions`` with pgcrypto and uuid-ossp, or stand-ins for what the server
     lacks. Returns what was done, one line each, for the notebook."""
+    try:
+        return _prepare(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return [f"not prepared ({exc.diag.message_primary}): the scratch server's user is not "
+                "a superuser; extension errors below come from that"]
+
+
+def _prepare(conn: psycopg.Connection) -> list[str]:
     done = []
     conn.execute("CREATE SCHEMA IF NOT EXISTS extensions")
     available = {r[0] for r in conn.execute(
@@ -186,6 +194,8 @@ def create_placeholder_roles(conn: psycopg.Connection, roles) -> list[str]:
             created.append(role)
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             pass
+        except psycopg.errors.InsufficientPrivilege:
+            break  # no CREATEROLE: owners and grants naming it fail, counted as harmless
     return created
 
 
