@@ -238,3 +238,30 @@ def test_a_plain_dump_is_dated_by_its_content_not_its_file_time(tmp_path):
     backup = supabase_dumps.read_any_backup(named)
     assert backup.taken_at.isoformat() == "2026-11-29T03:00:01+00:00"
     assert backup.taken_at_source == "the dashboard's file name"
+
+
+def test_a_backup_with_vector_columns_goes_to_a_scratch_server_that_ships_pgvector(
+        pg_cluster, tmp_path):
+    """Supabase projects store embeddings in `extensions.vector` columns: the scratch
+    server is chosen for the extensions the backup creates, not only Supabase's three."""
+    name = f"vec_{uuid.uuid4().hex[:8]}"
+    url = localdb.create_database(pg_cluster.admin_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector WITH SCHEMA "
+                         "extensions; CREATE TABLE public.documents (id int PRIMARY KEY, "
+                         "embedding extensions.vector(3)); INSERT INTO public.documents "
+                         "SELECT i, ARRAY[i, i + 1, i + 2]::real[]::extensions.vector "
+                         "FROM generate_series(1, 25) i")
+        backup = supabase_dumps.read_any_backup(shape.custom_archive(url, 16, tmp_path))
+        restored = supabase_dumps.restore_to_scratch(backup, tables=["public.documents"])
+        try:
+            assert restored.counts["public.documents"] == 25
+            assert "vector" in restored.scratch.server.chosen_because
+            with restored.scratch.connect() as conn:
+                assert conn.execute("SELECT embedding::text FROM public.documents WHERE id = 2"
+                                    ).fetchone()[0] == "[2,3,4]"
+        finally:
+            restored.scratch.drop()
+    finally:
+        localdb.drop_database(pg_cluster.admin_url, name)
