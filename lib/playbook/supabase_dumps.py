@@ -642,9 +642,14 @@ _NO_ROWS = (
     (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET DEFAULT|ADD GENERATED)",
      "a column default (only new rows use it)"),
     (r"^\\", "a psql meta-command"),
+    (r"^CREATE (UNIQUE )?INDEX\b|^ALTER INDEX\b", "an index (the rows are loaded without it)"),
+    (r"^(CREATE|ALTER) (OR REPLACE )?((MATERIALIZED )?VIEW|FUNCTION|PROCEDURE|AGGREGATE|TYPE|"
+     r"DOMAIN|SEQUENCE|OPERATOR|COLLATION|TEXT SEARCH|CAST|SCHEMA|SERVER|FOREIGN DATA WRAPPER)\b",
+     "an object that holds no rows (a chosen table needing it fails on its own statement)"),
 )
 _NO_ROWS_RE = [(re.compile(p, re.I | re.S), why) for p, why in _NO_ROWS]
-_DATA = re.compile(r"^(COPY|INSERT INTO)\b", re.I)
+# Statements about one table, named first: only that table is touched by their failure.
+_ONE_TABLE = re.compile(r"^(COPY|INSERT INTO|CREATE (UNLOGGED )?TABLE|ALTER TABLE)\b", re.I)
 
 
 def statement_tables(statement: str) -> list[str]:
@@ -670,7 +675,7 @@ def judge(error: RestoreError, chosen: Chosen) -> None:
             error.harmless, error.why = True, why
             return
     tables = statement_tables(statement)
-    if _DATA.match(statement):
+    if _ONE_TABLE.match(statement):
         tables = tables[:1]
     touched = [t for t in tables if chosen.covers(t)]
     if tables and not touched:
