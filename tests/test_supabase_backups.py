@@ -7,6 +7,7 @@ PostgreSQL 16 is. Notebook 30 restores the pg_dump archive and verifies it."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -16,7 +17,7 @@ import pytest
 
 import supabase_shape as shape
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import localdb, restore, supabase_dumps
+from playbook import localdb, restore, scratch_servers, supabase_dumps
 from playbook.errors import ConfigurationError
 from playbook.flags import flag
 
@@ -74,7 +75,7 @@ def test_supabase_backup_repairs_the_damaged_tables_and_keeps_rows_written_since
         assert set(now) - set(before[table]) == written_since[table], table
     assert {t: shape.rows(url, t) for t in untouched} == untouched
     text = run.outputs_text()
-    major = 16 if scratch == "embedded only" else 15
+    major = 16 if scratch == "embedded only" else scratch_servers.best_local_bindir()[0].major
     assert f"PostgreSQL {major} at" in text  # the record says which server was used
     if scratch == "embedded only":
         assert "stand-ins for uuid-ossp" in text
@@ -123,9 +124,10 @@ def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db,
         supabase_dumps.restore_to_scratch(backup, tables=["public.projects"])
     message = str(refused.value)
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "uuid_generate_v7" in t)
+    reported = int(re.search(r"line (\d+)", message).group(1))
+    assert line <= reported <= line + 12  # the line its CREATE TABLE statement ends on
     assert "public.projects" in message and "uuid_generate_v7" in message
-    assert "line" in message and "download" not in message.lower()
-    assert line > 0
+    assert "download" not in message.lower()
     # The same backup is fine for a table the broken statement does not touch.
     restored = supabase_dumps.restore_to_scratch(backup, tables=["public.profiles"])
     try:
@@ -134,29 +136,40 @@ def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db,
         restored.scratch.drop()
 
 
-def test_full_restore_of_a_supabase_archive_test_restores_and_verifies(supabase_db, tmp_path):
+def test_full_restore_of_a_supabase_archive_test_restores_verifies_and_keeps_rows_since(
+        supabase_db, tmp_path):
     name, url = supabase_db
     folder = tmp_path / "backups"
     from playbook import backups
 
     backups.take_backup(url, folder)
+    at_backup = {t: shape.rows(url, t) for t in shape.CHOSEN}
     with psycopg.connect(url) as conn:
-        at_backup = {t: shape.rows(url, t) for t in shape.CHOSEN}
         messages = conn.execute("SELECT count(*) FROM realtime.messages").fetchone()[0]
     time.sleep(1.05)
-    shape.damage(url)
+    written_since = shape.damage(url)
+    with psycopg.connect(url, autocommit=True) as conn:  # realtime writes into a partition
+        conn.execute("INSERT INTO realtime.messages (topic, extension, inserted_at) SELECT "
+                     "'room:new', 'broadcast', timestamp '2026-12-02 23:00' + i * interval "
+                     "'1 minute' FROM generate_series(1, 3) i")
     run = run_notebook("30_full_restore", tmp_path / "records", {
         "mode": "execute", "confirm_database": name,
         "answers": {q: "yes" for q in restore.GATE_QUESTIONS}, "incident_id": "INC-15",
         "operator": "rehearsal", "backup_dir": str(folder), "test_restore": "true",
         "restore_strategy": "swap", "terminate_connections": True,
-        "export_dir": str(tmp_path / "exports")})
+        "reimport_after_backup_rows": "yes", "export_dir": str(tmp_path / "exports")})
     assert not run.failed, run.error
     text = run.outputs_text()
     assert "Restore verified: every check passed" in text
-    assert {t: shape.rows(url, t) for t in shape.CHOSEN} == at_backup
+    for table in shape.CHOSEN:  # the backup's rows as they were, and the rows written since
+        now = shape.rows(url, table)
+        assert {k: now.get(k) for k in at_backup[table]} == at_backup[table], table
+        assert set(now) - set(at_backup[table]) == written_since[table], table
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM realtime.messages").fetchone()[0] == messages
+        assert conn.execute("SELECT count(*) FROM realtime.messages").fetchone()[0] == \
+            messages + 3
+        assert conn.execute("SELECT count(*) FROM realtime.messages_2026_12_02 WHERE topic = "
+                            "'room:new'").fetchone()[0] == 3
         assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtowner = "
                             "'supabase_admin'::regrole").fetchone()[0] == 1
 
@@ -171,3 +184,84 @@ def test_a_flag_that_is_not_yes_or_no_is_refused_before_anything(tmp_path):
     with pytest.raises(ConfigurationError, match="test_restore must be true or false"):
         flag("flase", "test_restore")
     assert papermill  # the notebooks get their flags from papermill as strings
+
+
+def test_rows_changed_after_the_backup_are_flagged_and_reverting_them_is_asked(
+        supabase_db, tmp_path):
+    name, url = supabase_db
+    backup = shape.custom_archive(url, 15, tmp_path / "backup")
+    before = {t: shape.rows(url, t) for t in shape.CHOSEN}
+    time.sleep(1.05)  # the archive's time has whole seconds
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Two legitimate increments after the backup (the touch trigger stamps updated_at)...
+        raised = {str(r[0]) for r in conn.execute(
+            "UPDATE public.projects SET budget = budget + 1 WHERE id IN (SELECT id FROM "
+            "public.projects ORDER BY id LIMIT 2) RETURNING id").fetchall()}
+        # ...and the damage: tasks deleted.
+        conn.execute("DELETE FROM public.tasks WHERE id % 4 = 0")
+    increments = shape.rows(url, "public.projects")
+    parameters = {
+        "mode": "execute", "confirm_database": name,
+        "answers": {**{q: "yes" for q in shipped_parameters("31_restore_tables")["answers"]},
+                    "changed_after_backup_reverted": "no"},
+        "backup_file": str(backup), "tables": list(shape.CHOSEN),
+        "export_dir": str(tmp_path / "exports")}
+    run = run_notebook("31_restore_tables", tmp_path / "asked", parameters)
+    assert run.failed and "changed_after_backup_reverted" in str(run.error)
+    text = run.outputs_text()
+    assert "of the changed: modified after the backup" in text
+    assert "changed after the backup" in text  # the two keys sampled
+    assert sum(text.count(key) for key in raised) >= 4  # each key: changed, changed after
+    assert shape.rows(url, "public.projects") == increments  # nothing reverted
+    # Keeping them: `missing` for projects brings back only what was deleted.
+    parameters["answers"]["changed_after_backup_reverted"] = "yes"
+    parameters["strategy"] = {"public.projects": "missing"}
+    run = run_notebook("31_restore_tables", tmp_path / "kept", parameters)
+    assert not run.failed, run.error
+    assert shape.rows(url, "public.projects") == increments
+    assert {k: v for k, v in increments.items() if k not in raised} == {
+        k: v for k, v in before["public.projects"].items() if k not in raised}
+    assert shape.rows(url, "public.tasks") == before["public.tasks"]
+
+
+def test_a_plain_dump_is_dated_by_its_content_not_its_file_time(tmp_path):
+    script = ("--\n-- PostgreSQL database dump\n--\n\n"
+              "-- Started on 2026-11-30 04:05:06 UTC\n\nSET statement_timeout = 0;\n"
+              "--\n-- PostgreSQL database dump complete\n--\n\n")
+    dated = tmp_path / "nightly.sql"
+    dated.write_text(script)
+    backup = supabase_dumps.read_any_backup(dated)
+    assert backup.taken_at.isoformat() == "2026-11-30T04:05:06+00:00"
+    assert backup.taken_at_source == "written inside the dump"
+    named = tmp_path / "db_cluster-29-11-2026@03-00-01.backup"
+    named.write_text(script.replace("-- Started on 2026-11-30 04:05:06 UTC\n", ""))
+    backup = supabase_dumps.read_any_backup(named)
+    assert backup.taken_at.isoformat() == "2026-11-29T03:00:01+00:00"
+    assert backup.taken_at_source == "the dashboard's file name"
+
+
+def test_a_backup_with_vector_columns_goes_to_a_scratch_server_that_ships_pgvector(
+        pg_cluster, tmp_path):
+    """Supabase projects store embeddings in `extensions.vector` columns: the scratch
+    server is chosen for the extensions the backup creates, not only Supabase's three."""
+    name = f"vec_{uuid.uuid4().hex[:8]}"
+    url = localdb.create_database(pg_cluster.admin_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector WITH SCHEMA "
+                         "extensions; CREATE TABLE public.documents (id int PRIMARY KEY, "
+                         "embedding extensions.vector(3)); INSERT INTO public.documents "
+                         "SELECT i, ARRAY[i, i + 1, i + 2]::real[]::extensions.vector "
+                         "FROM generate_series(1, 25) i")
+        backup = supabase_dumps.read_any_backup(shape.custom_archive(url, 16, tmp_path))
+        restored = supabase_dumps.restore_to_scratch(backup, tables=["public.documents"])
+        try:
+            assert restored.counts["public.documents"] == 25
+            assert "vector" in restored.scratch.server.chosen_because
+            with restored.scratch.connect() as conn:
+                assert conn.execute("SELECT embedding::text FROM public.documents WHERE id = 2"
+                                    ).fetchone()[0] == "[2,3,4]"
+        finally:
+            restored.scratch.drop()
+    finally:
+        localdb.drop_database(pg_cluster.admin_url, name)

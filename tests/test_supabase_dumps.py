@@ -90,3 +90,25 @@ def test_unreadable_file_is_refused(tmp_path):
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     with pytest.raises(BackupUnusable):
         supabase_dumps.read_any_backup(junk)
+
+
+@pytest.mark.parametrize("statement,fatal", [
+    ('CREATE TABLE "public"."projects" (\n    "id" "uuid" DEFAULT "extensions"."x"()\n);', True),
+    ("COPY public.projects (id, name) FROM stdin;", True),
+    ('INSERT INTO "public"."projects" ("id") VALUES (\'public.tasks\');', True),
+    ("ALTER TABLE ONLY public.projects ADD CONSTRAINT projects_pkey PRIMARY KEY (id);", True),
+    ("ALTER TABLE ONLY public.tasks ADD CONSTRAINT t_fk FOREIGN KEY (p) REFERENCES "
+     "public.projects(id);", False),
+    ("CREATE TABLE public.audit (id int);", False),
+    ("ALTER EVENT TRIGGER issue_pg_graphql_access OWNER TO supabase_admin;", False),
+    ("GRANT MAINTAIN ON TABLE public.projects TO service_role;", False),
+    ("CREATE POLICY p ON public.projects USING (owner = auth.uid());", False),
+    ("CREATE VIEW public.v AS SELECT * FROM public.projects;", False),
+    ('CREATE TABLE "fo\'o"."ba""r" (id int);', True),
+])
+def test_an_error_is_fatal_only_when_its_statement_creates_or_fills_a_chosen_table(
+        statement, fatal):
+    chosen = supabase_dumps.Chosen.of(["public.projects", '"fo\'o"."ba""r"'])
+    error = supabase_dumps.RestoreError("x.sql", 7, "some error", False, "", statement)
+    supabase_dumps.judge(error, chosen)
+    assert error.harmless is not fatal, error.why

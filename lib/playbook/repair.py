@@ -56,6 +56,10 @@ GATE_QUESTIONS = {
     "team_notified": "The team has been notified of this repair.",
     "diff_reviewed": "You reviewed the diff above: the rows to bring back are the damaged ones, "
                      "and the rows added since the backup are to be kept.",
+    "changed_after_backup_reverted": "The changed rows modified AFTER the backup (a later "
+                                     "updated_at, counted in the diff) are damage to put back, "
+                                     "not legitimate writes to keep (to keep them, choose the "
+                                     "strategy `missing` for their table).",
 }
 
 
@@ -332,6 +336,10 @@ class RepairPlan:
                          counts["updated"], "rows to delete": counts["deleted"],
                          "rows added since backup kept": 0 if plan.strategy == REPLACE
                          else plan.diff.added,
+                         "of the updated: modified after the backup": (
+                             0 if plan.strategy == MISSING else
+                             plan.diff.changed_after_backup if plan.diff.changed_after_backup
+                             is not None else ("cannot tell" if plan.diff.changed else 0)),
                          "refused": plan.refused or ""})
         return pd.DataFrame(rows)
 
@@ -597,7 +605,8 @@ def diff_step(job: SurgicalRestore, tables: Sequence[str], schemas: Sequence[str
     folder = diff_export_folder(job.run, export_dir)
     with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
         chosen = table_diff.chosen_tables(scratch, tables, schemas)
-        job.report = table_diff.diff_tables(scratch, live, chosen, folder)
+        job.report = table_diff.diff_tables(scratch, live, chosen, folder,
+                                            backup_taken_at=job.restored.backup.taken_at)
     return job.report
 
 
@@ -622,7 +631,25 @@ def restore_gate(job: SurgicalRestore, answers: Mapping[str, object]) -> Gate:
                 f"restored into scratch: {sum(job.restored.counts.values()):,} rows")
     refused = [p.refused for p in job.plan.tables if p.refused]
     gate.verify("diff_reviewed", not refused, "; ".join(refused) or "every strategy is allowed")
+    gate.verify("changed_after_backup_reverted", True, changed_after_backup_evidence(job.plan))
     return gate
+
+
+def changed_after_backup_evidence(plan: RepairPlan) -> str:
+    """What the repair would put back among rows modified after the backup, per table."""
+    parts = []
+    for item in plan.tables:
+        diff = item.diff
+        if item.strategy == MISSING or not diff.shape.has_key or not diff.changed:
+            continue
+        if diff.changed_after_backup is None:
+            parts.append(f"{diff.table}: {diff.changed} changed row(s) reverted; when they were "
+                         "modified cannot be told (no updated_at-like column)")
+        elif diff.changed_after_backup:
+            parts.append(f"{diff.table}: {diff.changed_after_backup} of {diff.changed} changed "
+                         f"row(s) to revert were modified after the backup "
+                         f"({diff.shape.modified_column} later)")
+    return "; ".join(parts) or "no row to revert was modified after the backup"
 
 
 def repair_step(job: SurgicalRestore) -> pd.DataFrame:
@@ -641,12 +668,16 @@ def repair_step(job: SurgicalRestore) -> pd.DataFrame:
     return job.result.table()
 
 
-def verify_step(job: SurgicalRestore) -> pd.DataFrame:
-    """Step 5: the document's checks (tables readable, counts, no orphaned profiles) and
-    the chosen tables against the backup, as pass/fail."""
+def verify_step(job: SurgicalRestore, checks_tables: Sequence[str] = ()) -> pd.DataFrame:
+    """Step 5: the document's checks (the application's tables readable: ``checks_tables``,
+    else those of the demo's that exist; users with profiles and no orphaned profiles when
+    both tables exist) and the chosen tables against the backup, as pass/fail."""
+    if not isinstance(checks_tables, list | tuple):
+        raise ConfigurationError("checks must be a list of table names. Nothing was changed.",
+                                 next_step="e.g. checks: [auth.users, public.profiles]")
     checks: list[Check] = []
     with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
-        checks += application_checks(live)
+        checks += application_checks(live, tables=list(checks_tables))
         tables = [d.table for d in job.report.diffs]
         now = table_diff.diff_tables(scratch, live, tables, None)
         for diff in now.diffs:

@@ -66,12 +66,14 @@ def who_is_connected(conn: psycopg.Connection) -> pd.DataFrame:
 
 
 def timestamp_columns(conn: psycopg.Connection) -> dict[QualifiedName, list[str]]:
-    """Every user table that has timestamp columns, with those columns (catalog order)."""
+    """Every user table that has timestamp columns, with those columns (catalog order).
+    Partitions are read through their parent (exported and re-imported once, routed by
+    the parent), never on their own as well."""
     rows = conn.execute(sql.SQL("""
         SELECT n.nspname, c.relname, array_agg(a.attname ORDER BY a.attnum)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE c.relkind IN ('r', 'p') AND {}
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {}
           AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype)
         GROUP BY 1, 2 ORDER BY 1, 2""").format(USER_SCHEMAS_SQL)).fetchall()
     return {QualifiedName(s, t): list(cols) for s, t, cols in rows}

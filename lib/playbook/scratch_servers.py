@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,16 +82,24 @@ def extension_folder(bindir: Bindir) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def available_extensions(bindir: Bindir) -> list[str]:
-    """Which of Supabase's extensions this PostgreSQL build ships (its control files)."""
+def available_extensions(bindir: Bindir, names: Sequence[str] = SUPABASE_EXTENSIONS
+                         ) -> list[str]:
+    """Which of ``names`` this PostgreSQL build ships (its control files)."""
     folder = extension_folder(bindir)
     if folder is None:
         return []
-    return [name for name in SUPABASE_EXTENSIONS if (folder / f"{name}.control").exists()]
+    return [name for name in names if (folder / f"{name}.control").exists()]
 
 
-def best_local_bindir() -> tuple[Bindir, str]:
-    """The local PostgreSQL to start for scratch databases, and why it was chosen."""
+# Extensions a scratch copy can do without: stand-ins cover what tables use of these, and
+# pg_stat_statements holds no table data.
+COVERED = ("pgcrypto", "uuid-ossp", "pg_stat_statements")
+
+
+def best_local_bindir(extensions: Sequence[str] = ()) -> tuple[Bindir, str]:
+    """The local PostgreSQL to start for scratch databases, and why it was chosen: the one
+    shipping most of the backup's ``extensions`` that no stand-in covers (a table can have a
+    ``vector`` column), then most of Supabase's own, then the newest."""
     servers = [b for b in candidate_bindirs() if (b.path / "initdb").exists()]
     choice = os.environ.get(CHOICE_ENV, "").strip()
     if choice and choice != "embedded":
@@ -104,27 +113,39 @@ def best_local_bindir() -> tuple[Bindir, str]:
         return server_bindir(), "the only PostgreSQL found"  # raises PostgresNotFound
     if choice == "embedded":
         return servers[0], f"{CHOICE_ENV}=embedded: the embedded default"
-    ranked = sorted(servers, key=lambda b: (len(available_extensions(b)), b.major), reverse=True)
-    best = ranked[0]
-    have = available_extensions(best)
-    if len(have) == len(SUPABASE_EXTENSIONS):
-        why = f"has {', '.join(have)} (Supabase's extensions)"
+    needed = [e for e in dict.fromkeys(extensions) if e not in COVERED and e != "plpgsql"]
+    shipped = {b.path: set(available_extensions(b, [*SUPABASE_EXTENSIONS, *needed]))
+               for b in servers}
+    best = max(servers, key=lambda b: (len(shipped[b.path] & set(needed)),
+                                       len(shipped[b.path] & set(SUPABASE_EXTENSIONS)), b.major))
+    have = shipped[best.path]
+    reasons = []
+    if needed:
+        found = [e for e in needed if e in have]
+        lacking = [e for e in needed if e not in have]
+        reasons.append(f"ships {', '.join(found) or 'none'} of the backup's other extensions"
+                       + (f" (no local PostgreSQL has {', '.join(lacking)}: tables using them "
+                          "cannot be restored here)" if lacking else ""))
+    supabase = [e for e in SUPABASE_EXTENSIONS if e in have]
+    if len(supabase) == len(SUPABASE_EXTENSIONS):
+        reasons.append(f"has {', '.join(supabase)} (Supabase's extensions)")
     else:
         missing = [e for e in SUPABASE_EXTENSIONS if e not in have]
-        why = (f"no local PostgreSQL has {', '.join(missing)}: stand-ins are created for the "
-               "functions tables use")
-    return best, why
+        reasons.append(f"lacks {', '.join(missing)}: stand-ins are created for the functions "
+                       "tables use")
+    return best, "; ".join(reasons)
 
 
-def scratch_server(scratch_url_env: str = "") -> ScratchServer:
-    """The server for scratch databases: ``scratch_url_env``'s, else the best local one
-    (started if needed). Never DATABASE_URL's server by default."""
+def scratch_server(scratch_url_env: str = "", extensions: Sequence[str] = ()) -> ScratchServer:
+    """The server for scratch databases: ``scratch_url_env``'s, else the best local one for
+    a backup creating ``extensions`` (started if needed). Never DATABASE_URL's server by
+    default."""
     if scratch_url_env:
         url = connecting.database_url(scratch_url_env)
         with psycopg.connect(url, connect_timeout=10) as conn:
             major = connecting.server_version(conn)
         return ScratchServer(url, major, f"named by {scratch_url_env}")
-    bindir, why = best_local_bindir()
+    bindir, why = best_local_bindir(extensions)
     name = f"scratch-pg{bindir.major}"
     cluster = localdb.LocalCluster(name, major=bindir.major)
     state = cluster.start()
@@ -137,6 +158,14 @@ def scratch_server(scratch_url_env: str = "") -> ScratchServer:
 def prepare_database(conn: psycopg.Connection) -> list[str]:
     """Schema ``extensions`` with pgcrypto and uuid-ossp, or stand-ins for what the server
     lacks. Returns what was done, one line each, for the notebook."""
+    try:
+        return _prepare(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return [f"not prepared ({exc.diag.message_primary}): the scratch server's user is not "
+                "a superuser; extension errors below come from that"]
+
+
+def _prepare(conn: psycopg.Connection) -> list[str]:
     done = []
     conn.execute("CREATE SCHEMA IF NOT EXISTS extensions")
     available = {r[0] for r in conn.execute(
@@ -186,6 +215,8 @@ def create_placeholder_roles(conn: psycopg.Connection, roles) -> list[str]:
             created.append(role)
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             pass
+        except psycopg.errors.InsufficientPrivilege:
+            break  # no CREATEROLE: owners and grants naming it fail, counted as harmless
     return created
 
 

@@ -30,7 +30,7 @@ import subprocess
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -318,6 +318,7 @@ class ScriptScan:
     insert_columns: dict[str, list[str]] = field(default_factory=dict)
     started_at: datetime | None = None
     ends_with_reset_all: bool = False
+    extensions: set[str] = field(default_factory=set)  # what CREATE EXTENSION names
 
 
 _COMPLETE = re.compile(r"^-- PostgreSQL database (cluster )?dump complete")
@@ -328,6 +329,7 @@ _INSERT = re.compile(
 _CREATE_TABLE = re.compile(
     rf"^CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?({_NAME}(?:\.{_NAME})?)\s*(?:\(|PARTITION|$)",
     re.I)
+_CREATE_EXTENSION = re.compile(rf"^CREATE EXTENSION (?:IF NOT EXISTS )?({_NAME})", re.I)
 _CREATE_SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({_NAME})", re.I)
 _STARTED = re.compile(r"^-- (?:Started|Completed) on (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\s*(\S*)")
 
@@ -391,6 +393,8 @@ def scan_script(path: Path) -> ScriptScan:
                 scan.created_tables.add(name)
         elif (schema := _CREATE_SCHEMA.match(line)):
             scan.created_schemas.add(split_identifier(schema.group(1))[0])
+        elif (extension := _CREATE_EXTENSION.match(line)):
+            scan.extensions.add(split_identifier(extension.group(1))[0])
         role = _ROLE_STATEMENT.match(line)
         if role and line[:6].upper() == "CREATE":
             scan.roles.append(_unquote(role.group("name")))
@@ -564,9 +568,11 @@ class Scratch:
         return f"database {self.database!r} on {where}"
 
 
-def create_scratch(scratch_url_env: str = "", name: str = "") -> Scratch:
-    """A new, empty scratch database (from template0) on the chosen scratch server."""
-    server = scratch_servers.scratch_server(scratch_url_env)
+def create_scratch(scratch_url_env: str = "", name: str = "",
+                   extensions: Sequence[str] = ()) -> Scratch:
+    """A new, empty scratch database (from template0) on the scratch server chosen for a
+    backup that creates ``extensions``."""
+    server = scratch_servers.scratch_server(scratch_url_env, extensions)
     database = name or f"playbook_scratch_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
     localdb.create_database(server.url, database, template="template0")
     return Scratch(server.url, database, server)
@@ -636,9 +642,14 @@ _NO_ROWS = (
     (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET DEFAULT|ADD GENERATED)",
      "a column default (only new rows use it)"),
     (r"^\\", "a psql meta-command"),
+    (r"^CREATE (UNIQUE )?INDEX\b|^ALTER INDEX\b", "an index (the rows are loaded without it)"),
+    (r"^(CREATE|ALTER) (OR REPLACE )?((MATERIALIZED )?VIEW|FUNCTION|PROCEDURE|AGGREGATE|TYPE|"
+     r"DOMAIN|SEQUENCE|OPERATOR|COLLATION|TEXT SEARCH|CAST|SCHEMA|SERVER|FOREIGN DATA WRAPPER)\b",
+     "an object that holds no rows (a chosen table needing it fails on its own statement)"),
 )
 _NO_ROWS_RE = [(re.compile(p, re.I | re.S), why) for p, why in _NO_ROWS]
-_DATA = re.compile(r"^(COPY|INSERT INTO)\b", re.I)
+# Statements about one table, named first: only that table is touched by their failure.
+_ONE_TABLE = re.compile(r"^(COPY|INSERT INTO|CREATE (UNLOGGED )?TABLE|ALTER TABLE)\b", re.I)
 
 
 def statement_tables(statement: str) -> list[str]:
@@ -664,7 +675,7 @@ def judge(error: RestoreError, chosen: Chosen) -> None:
             error.harmless, error.why = True, why
             return
     tables = statement_tables(statement)
-    if _DATA.match(statement):
+    if _ONE_TABLE.match(statement):
         tables = tables[:1]
     touched = [t for t in tables if chosen.covers(t)]
     if tables and not touched:
@@ -885,37 +896,30 @@ def archive_as_script(backup: backups.Backup, workdir: Path) -> Path:
     return target
 
 
-def restore_script_backup(backup: backups.Backup, scratch: Scratch, workdir: Path,
-                          chosen: Chosen | None = None) -> ScriptRestore:
-    """Restore a backup of any kind into ``scratch`` through psql, then compare the rows
+def restore_scripts(backup: backups.Backup, scratch: Scratch, workdir: Path, chosen: Chosen,
+                    scripts: list[Path], scans: list[ScriptScan]) -> ScriptRestore:
+    """Restore a backup's scripts into ``scratch`` through psql, then compare the rows
     the backup holds with the rows restored. Refused (BackupUnusable, with the line and
     the statement) when a chosen table is missing, short of rows, or its statement
     failed; every other error is counted and shown with why it cannot matter."""
-    chosen = chosen or Chosen()
     started = time.perf_counter()
-    scripts = _scripts_of(backup, workdir)
-    try:
-        scans = [scan_script(s) for s in scripts]
-        with scratch.connect(purpose="scratch-restore") as conn:
-            conn.autocommit = True
-            roles = list(SUPABASE_ROLES) + [r for scan in scans for r in scan.roles]
-            scratch.roles_created += ensure_roles(conn, roles)
-            scratch.prepared += scratch_servers.prepare_database(conn)
-            if backup.kind == KIND_SUPABASE_TRIO:
-                scratch.prepared += create_what_data_needs(conn, scans[1], scans[2])
-        errors: list[RestoreError] = []
-        for script, scan in zip(scripts, scans, strict=True):
-            data_only = backup.kind == KIND_SUPABASE_TRIO and script.name == "data.sql"
-            if data_only:
-                with scratch.connect(purpose="scratch-restore") as conn:
-                    conn.autocommit = True
-                    scratch.prepared += complete_tables_for_data(conn, scan)
-            shown = backup.path.name if backup.kind == backups.KIND_PG_DUMP_CUSTOM else ""
-            errors += run_script(scratch, script, workdir, scan, data_only=data_only,
-                                 shown_name=shown + (" (as SQL)" if shown else ""))
-    finally:
-        if backup.kind == backups.KIND_PG_DUMP_CUSTOM:
-            scripts[0].unlink(missing_ok=True)
+    with scratch.connect(purpose="scratch-restore") as conn:
+        conn.autocommit = True
+        roles = list(SUPABASE_ROLES) + [r for scan in scans for r in scan.roles]
+        scratch.roles_created += ensure_roles(conn, roles)
+        scratch.prepared += scratch_servers.prepare_database(conn)
+        if backup.kind == KIND_SUPABASE_TRIO:
+            scratch.prepared += create_what_data_needs(conn, scans[1], scans[2])
+    errors: list[RestoreError] = []
+    for script, scan in zip(scripts, scans, strict=True):
+        data_only = backup.kind == KIND_SUPABASE_TRIO and script.name == "data.sql"
+        if data_only:
+            with scratch.connect(purpose="scratch-restore") as conn:
+                conn.autocommit = True
+                scratch.prepared += complete_tables_for_data(conn, scan)
+        shown = backup.path.name if backup.kind == backups.KIND_PG_DUMP_CUSTOM else ""
+        errors += run_script(scratch, script, workdir, scan, data_only=data_only,
+                             shown_name=shown + (" (as SQL)" if shown else ""))
     seconds = time.perf_counter() - started
     expected: dict[str, int] = {}
     for scan in scans:
@@ -998,14 +1002,22 @@ class RestoredBackup:
 def restore_to_scratch(backup: backups.Backup, scratch_url_env: str = "", *,
                        workdir: Path | None = None, tables=(), schemas=()) -> RestoredBackup:
     """Restore ``backup`` into a new scratch database (never the target), on the best
-    scratch server (:mod:`scratch_servers`). Every kind goes through psql (a pg_dump
-    archive as the script it holds). The scratch database and its placeholder roles are
-    dropped if the restore fails."""
-    scratch = create_scratch(scratch_url_env)
+    scratch server for the extensions it creates (:mod:`scratch_servers`). Every kind goes
+    through psql (a pg_dump archive as the script it holds). The scratch database and its
+    placeholder roles are dropped if the restore fails."""
     work = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
+    scripts = _scripts_of(backup, work)
     try:
-        restored = restore_script_backup(backup, scratch, work, Chosen.of(tables, schemas))
+        scans = [scan_script(s) for s in scripts]
+        wanted = sorted({e for scan in scans for e in scan.extensions})
+        scratch = create_scratch(scratch_url_env, extensions=wanted)
+        try:
+            restored = restore_scripts(backup, scratch, work, Chosen.of(tables, schemas),
+                                       scripts, scans)
+        except (PlaybookError, subprocess.SubprocessError, psycopg.Error):
+            scratch.drop()
+            raise
         return RestoredBackup(backup, scratch, restored.seconds, restored.counts, restored)
-    except (PlaybookError, subprocess.SubprocessError, psycopg.Error):
-        scratch.drop()
-        raise
+    finally:
+        if backup.kind == backups.KIND_PG_DUMP_CUSTOM:
+            scripts[0].unlink(missing_ok=True)

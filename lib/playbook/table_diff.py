@@ -46,6 +46,14 @@ COMPARABLE_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyl
                        "extra_float_digits": "3", "bytea_output": "hex"}
 
 
+# Columns that say when a row was last written, in order of preference (an application's
+# convention; a trigger or the application keeps them).
+MODIFIED_COLUMNS = ("updated_at", "modified_at", "last_modified_at", "last_modified",
+                    "last_updated_at", "last_updated", "changed_at", "edited_at", "updated",
+                    "modified")
+CHANGED_AFTER = "changed after the backup"
+
+
 def make_comparable(conn: psycopg.Connection) -> None:
     """Session settings under which both servers print a row the same way."""
     for name, value in COMPARABLE_SETTINGS.items():
@@ -87,6 +95,7 @@ class TableShape:
     columns: list[str]  # compared (and restorable) columns, in the backup's order
     identity_always: bool = False
     notes: list[str] = field(default_factory=list)
+    modified_column: str = ""  # live's updated_at-like column, "" when it has none
 
     @property
     def has_key(self) -> bool:
@@ -190,7 +199,9 @@ def table_shape(scratch: psycopg.Connection, live: psycopg.Connection,
     if not key:
         notes.append("no primary key: whole-table comparison (count and checksum) only")
     identity_always = any(live_by_name[c][4] == "a" for c in columns)
-    return TableShape(table, key, columns, identity_always, notes)
+    modified = next((name for name in MODIFIED_COLUMNS if name in live_by_name
+                     and live_by_name[name][1] in ("timestamptz", "timestamp")), "")
+    return TableShape(table, key, columns, identity_always, notes, modified)
 
 
 # --- the merge ------------------------------------------------------------------------
@@ -263,6 +274,32 @@ class CsvExport(KeySink):
                             self.path.stat().st_size, self.digest.hexdigest())
 
 
+class ModifiedAfter(KeySink):
+    """Of each batch of changed keys, the rows whose updated_at-like column on live is
+    later than the backup: modified after it (the damage, or a legitimate write the
+    operator may want to keep)."""
+
+    def __init__(self, live: psycopg.Connection, shape: TableShape, moment: datetime) -> None:
+        self.live, self.shape, self.moment = live, shape, moment
+        self.rows = 0
+        self.samples: list[str] = []
+
+    def write(self, keys: list[Key]) -> None:
+        columns = sql.SQL(", ").join(
+            [sql.SQL("{}::text AS {}").format(sql.Identifier("t", k.name),
+                                             sql.Identifier(f"key{i}"))
+             for i, k in enumerate(self.shape.key)]
+            + [sql.SQL("{} AS playbook_modified").format(
+                sql.Identifier("t", self.shape.modified_column))])
+        query = sql.SQL("SELECT * FROM ({}) AS x WHERE x.playbook_modified > %s").format(
+            self.shape.rows_by_key_query(columns))
+        rows = self.live.execute(query, [*key_arrays(keys, len(self.shape.key)),
+                                         self.moment]).fetchall()
+        self.rows += len(rows)
+        for row in rows[: SAMPLE - len(self.samples)]:
+            self.samples.append(", ".join(row[:-1]))
+
+
 @dataclass
 class TableDiff:
     """What differs in one table between the backup and live."""
@@ -278,6 +315,9 @@ class TableDiff:
     added_digest: str = ""  # identity of the rows added since the backup (keys + hashes)
     whole_table_equal: bool | None = None  # tables without a primary key
     files: list[ExportedFile] = field(default_factory=list)
+    # Changed rows whose updated_at-like column is later than the backup: written since,
+    # perhaps legitimately. None when it cannot be told (no such column, no backup time).
+    changed_after_backup: int | None = None
 
     @property
     def table(self) -> QualifiedName:
@@ -299,6 +339,10 @@ class TableDiff:
             "changed since backup": self.changed if keyed else None,
             "added since backup": self.added if keyed else None,
             "unchanged": self.unchanged if keyed else None,
+            "of the changed: modified after the backup": (
+                self.changed_after_backup if self.changed_after_backup is not None
+                else ("cannot tell (no updated_at-like column)" if keyed and self.changed
+                      else None)),
             "result": ("equal" if self.equal else "differs"),
             "notes": "; ".join(self.shape.notes),
         }
@@ -437,9 +481,12 @@ def chosen_tables(scratch: psycopg.Connection, tables: Sequence[str],
 
 def diff_tables(scratch: psycopg.Connection, live: psycopg.Connection,
                 tables: Sequence[QualifiedName], folder: Path | None,
-                *, progress: Callable[[str], None] | None = None) -> DiffReport:
+                *, progress: Callable[[str], None] | None = None,
+                backup_taken_at: datetime | None = None) -> DiffReport:
     """Diff ``tables`` in one snapshot of each side; export to ``folder`` (with a
-    manifest) when given. Read-only on both sides."""
+    manifest) when given. With ``backup_taken_at``, changed rows modified after it (by
+    the table's updated_at-like column) are counted and sampled. Read-only on both
+    sides."""
     for conn in (scratch, live):
         conn.commit()  # end the caller's read-only look-ups; a snapshot starts below
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -459,12 +506,19 @@ def diff_tables(scratch: psycopg.Connection, live: psycopg.Connection,
             shape = table_shape(scratch, live, table)
             sinks = export_sinks(scratch, live, shape, folder) if (
                 folder is not None and shape.has_key) else {}
+            modified = (ModifiedAfter(live, shape, backup_taken_at) if shape.has_key
+                        and shape.modified_column and backup_taken_at is not None else None)
+            watched = {**sinks, CHANGED: [*sinks.get(CHANGED, []), modified]} if modified \
+                else sinks
             try:
-                diff = compare_table(scratch, live, shape, sinks)
+                diff = compare_table(scratch, live, shape, watched)
             finally:
                 for group in sinks.values():
                     for sink in group:
                         sink.close()
+            if modified is not None:
+                diff.changed_after_backup = modified.rows
+                diff.samples[CHANGED_AFTER] = modified.samples
             if manifest is not None:
                 for group in sinks.values():
                     for sink in group:

@@ -136,15 +136,25 @@ def orphaned_profiles(conn: psycopg.Connection) -> int:
 
 
 def application_checks(conn: psycopg.Connection,
-                       expected_counts: dict[str, int] | None = None) -> list[Check]:
+                       expected_counts: dict[str, int] | None = None,
+                       tables: Sequence[str] | None = None) -> list[Check]:
     """The document's "Verify Application" as queries, on the tables this database has:
     each of the application's tables that exists is readable; login data (users with
     profiles) and no orphaned profiles when both ``auth.users`` and ``public.profiles``
     exist; and, when given, counts equal to ``expected_counts``. Another project's
     database is never failed for lacking the demo's tables: only what exists is checked,
-    and ``expected_counts`` names the rest."""
+    and ``expected_counts`` names the rest. ``tables`` (the ``checks`` parameter) names the
+    tables that must exist and be readable instead; a missing one fails."""
+    from .names import parse_table_name
+
     checks = []
-    present = [t for t in APPLICATION_TABLES if table_exists(conn, t)]
+    if tables:
+        required = [parse_table_name(t) for t in tables]
+        present = [t for t in required if table_exists(conn, t)]
+        checks += [Check(f"{t} exists and is readable", False, "missing", True)
+                   for t in required if t not in present]
+    else:
+        present = [t for t in APPLICATION_TABLES if table_exists(conn, t)]
     for table in present:
         readable = _readable(conn, table)
         checks.append(Check(f"{table} exists and is readable", readable, readable, True))
@@ -158,8 +168,6 @@ def application_checks(conn: psycopg.Connection,
         checks.append(Check("no orphaned profiles", orphans == 0, orphans, 0))
     expected_counts = expected_counts or {}
     if expected_counts:
-        from .names import parse_table_name
-
         counts = row_counts(conn, [parse_table_name(t) for t in expected_counts])
         for table, expected in expected_counts.items():
             observed = counts.get(str(parse_table_name(table)))
