@@ -59,6 +59,16 @@ def lock_timeout_setting(value: object) -> str:
     return f"{round(milliseconds)}ms"
 
 
+def bulk_step_limits(conn: psycopg.Connection, lock_timeout: object) -> None:
+    """For the open transaction of a bulk step (an export, a drop, a re-import, a reverse
+    plan): every lock wait bounded by ``lock_timeout``, but no statement cut short by the
+    session's ``statement_timeout``, a limit meant for interactive queries (a COPY or an
+    index build of ten million rows runs for minutes, and cutting it rolls the step back)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true), "
+                 "set_config('statement_timeout', '0', true)",
+                 (lock_timeout_setting(lock_timeout),))
+
+
 def _to_milliseconds(match: re.Match | None) -> float | None:
     return float(match.group(1)) * _MILLISECONDS[match.group(2)] if match else None
 

@@ -43,7 +43,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
-from .connecting import lock_timeout_setting
+from .connecting import bulk_step_limits, lock_timeout_setting
 from .dependencies import (
     Dependent,
     check_include_dependents,
@@ -739,7 +739,7 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                 # READ COMMITTED whatever the session's default: the final export's
                 # snapshot must be taken after the write lock is granted, not at BEGIN.
                 conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+                bulk_step_limits(conn, lock_timeout)
                 take_playbook_lock(conn, lock_scope(migration))
                 # Taken before any table lock (nothing of ours is locked yet, and writes
                 # to the migration's tables are not held up by it); the proof before

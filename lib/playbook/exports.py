@@ -258,6 +258,9 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
             while True:
                 try:
                     with conn.transaction():
+                        # A COPY of millions of rows must not be cut by the session's
+                        # interactive statement_timeout (read-only: no lock to bound).
+                        conn.execute("SELECT set_config('statement_timeout', '0', true)")
                         manifest.extra.setdefault("session", session_settings(conn))
                         _rows_in_physical_order(conn)
                         helpers = _snapshot_sessions(conn, extra_sessions)

@@ -27,7 +27,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
-from .connecting import lock_timeout_setting
+from .connecting import bulk_step_limits, lock_timeout_setting
 from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
@@ -407,7 +407,7 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
     with translated_errors(conn):
         try:
             with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+                bulk_step_limits(conn, lock_timeout)
                 take_playbook_lock(conn, lock_scope(migration))
                 holding = {f.obj.display: f.rows for f in
                            find_in_database(conn, migration).of_kind("table") if f.rows}

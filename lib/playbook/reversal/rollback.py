@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from ..connecting import lock_timeout_setting
+from ..connecting import bulk_step_limits
 from ..errors import ExportFailed, ExportMismatch, PreconditionFailed, VerificationFailed
 from ..exports import (
     ExportedFile,
@@ -80,12 +80,6 @@ class RollbackResult:
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
-def _set_limits(conn: psycopg.Connection, lock_timeout: str) -> None:
-    conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                 (lock_timeout_setting(lock_timeout),))
-    # Exports and DDL of a large table may take minutes: the lock waits are what
-    # lock_timeout bounds; the statements themselves are not cut short.
-    conn.execute("SELECT set_config('statement_timeout', '0', true)")
 
 
 def _require_idle(conn: psycopg.Connection) -> None:
@@ -112,7 +106,7 @@ def roll_back_migration(conn: psycopg.Connection, plan: ReversePlan, states: Sha
         # READ COMMITTED whatever the session's default: the export's snapshot must be
         # taken after the write lock is granted, not at BEGIN.
         conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        _set_limits(conn, lock_timeout)
+        bulk_step_limits(conn, lock_timeout)
         take_playbook_lock(conn, lock_scope(plan.migration))
         lock_against_writes(conn, stake.tables_to_export)
         manifest = export_in_transaction(
@@ -183,7 +177,7 @@ def recover_migration(conn: psycopg.Connection, target: MigrationFile, states: S
             next_step="pass the export folder written by this migration's rollback.")
     _require_idle(conn)
     with conn.transaction():
-        _set_limits(conn, lock_timeout)
+        bulk_step_limits(conn, lock_timeout)
         take_playbook_lock(conn, lock_scope(target))
         apply_sql(conn, target.sql(), label=target.label)
         restored = restore_at_stake(conn, manifest, Path(export_dir))
