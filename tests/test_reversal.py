@@ -442,3 +442,15 @@ def test_putting_back_dropped_data_needs_a_backup():
     with pytest.raises(ConfigurationError, match="must be true or false"):
         load_reversible_migration("20240320090000", migrations_folder=str(folder.path),
                                   restore_dropped_data="maybe")
+
+
+def test_a_file_of_a_supabase_migrations_folder_is_reversed_from_its_folder():
+    from playbook.migrations import load_migration
+
+    folder = read_migrations_folder(CORPUS / "chat")
+    target = folder.find("20240215120000")
+    loaded = load_migration(str(target.path))
+    assert loaded.folder is not None and loaded.folder.path == folder.path
+    assert loaded.target.version == "20240215120000"
+    # The coaching change set is still a change set.
+    assert load_migration("coaching_tables").name == "coaching_tables"

@@ -8,6 +8,7 @@ bare ``.sql`` migration file (then nothing is protected beyond what the drop pla
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def _refuse(what: str) -> ObjectNotFound:
     )
 
 
+def _in_a_migrations_folder(name_or_path: object) -> bool:
+    """A ``<version>_<name>.sql`` file inside a folder called ``migrations`` (as the
+    Supabase CLI keeps them)."""
+    if not isinstance(name_or_path, str | Path):
+        return False
+    path = Path(str(name_or_path)).expanduser()
+    return (path.suffix == ".sql" and path.is_file() and path.parent.name == "migrations"
+            and re.match(r"^\d+_.+\.sql$", path.name) is not None)
+
+
 def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", backup: str = "",
                    scratch_url_env: str = "", restore_dropped_data: object = False):
     """The change set called ``name_or_path`` (a folder under lib/playbook/migrations), or
@@ -78,6 +89,9 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
     before the migration), ``name_or_path`` is a migration reversed by schema diff instead
     (:class:`reversal.reversible.ReversibleMigration`), the folder or the backup giving the
     state to return to."""
+    if not (migrations_folder or backup) and _in_a_migrations_folder(name_or_path):
+        # A file of a project's supabase/migrations: its folder holds the state before it.
+        migrations_folder = str(Path(str(name_or_path)).expanduser().resolve().parent)
     if migrations_folder or backup:
         # Imported here: the reversal builds on migration_objects, which imports this module.
         from .reversal.reversible import load_reversible_migration
