@@ -40,14 +40,8 @@ class Migration:
     checks: list[NamedCheck] = field(default_factory=list)
 
     def deploy_sql(self) -> str:
-        try:
-            return self.deploy.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(
-                f"The deploy script {self.deploy} cannot be read as UTF-8 SQL "
-                f"({type(exc).__name__}: {exc}). Nothing was changed.",
-                next_step="point `migration` at the change set's own folder or .sql file.",
-            ) from None
+        return read_sql_file(self.deploy, "The deploy script",
+                             "point `migration` at the change set's own folder or .sql file.")
 
     def table(self) -> pd.DataFrame:
         rows = [
@@ -59,6 +53,17 @@ class Migration:
             ("protected tables", ", ".join(str(t) for t in self.protected_tables) or "(none)"),
         ]
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def read_sql_file(path: Path, what: str, next_step: str) -> str:
+    """The text of a migration's SQL file; ConfigurationError when it cannot be read as
+    UTF-8 (nothing was changed)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"{what} {path} cannot be read as UTF-8 SQL ({type(exc).__name__}: {exc}). "
+            "Nothing was changed.", next_step=next_step) from None
 
 
 def _refuse(what: str) -> ObjectNotFound:

@@ -32,7 +32,7 @@ from .. import localdb
 from ..errors import DependentObjectsExist, PreconditionFailed, VerificationFailed
 from ..migration_objects import object_oid, parse_created_objects
 from .schema_diff import schema_plan
-from .shadow import MigrationFile, MigrationsFolder, build_shadow
+from .shadow import MigrationFile, MigrationsFolder, build_shadow, first_failure
 
 SUPABASE_HISTORY = "supabase_migrations.schema_migrations"
 
@@ -189,17 +189,14 @@ def perform_reversal(live: psycopg.Connection, plan: ReversePlan,
     it had from the state after it. Returns the statements run. Raises (the caller rolls
     back) when the proof fails."""
     plan.require_newest()
-    for number, statement in enumerate(plan.statements, start=1):
-        try:
-            live.execute(statement)
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise VerificationFailed(
-                f"Statement {number} of the reverse plan failed: {first} ({statement[:160]!r}). "
-                "The transaction is rolled back: nothing was changed.",
-                next_step="read the drift shown in review: an object outside the migration "
-                "may depend on what it made; resolve it, then review again.",
-            ) from None
+    failure = first_failure(live, plan.statements)
+    if failure:
+        number, statement, first = failure
+        raise VerificationFailed(
+            f"Statement {number} of the reverse plan failed: {first} ({statement[:160]!r}). "
+            "The transaction is rolled back: nothing was changed.",
+            next_step="read the drift shown in review: an object outside the migration may "
+            "depend on what it made; resolve it, then review again.")
     residual = schema_plan(live, states.before).statements
     if residual != plan.drift:
         extra = [s for s in residual if s not in plan.drift]

@@ -20,6 +20,7 @@ import psycopg
 from pglast import ast
 
 from ..errors import ConfigurationError, ObjectNotFound, PreconditionFailed
+from ..migrations import read_sql_file
 from ..scratch_servers import prepare_database
 from ..supabase_dumps import BASE_SQL as SUPABASE_BASE_SQL
 
@@ -42,14 +43,8 @@ class MigrationFile:
         return self.path.name
 
     def sql(self) -> str:
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(
-                f"The migration {self.path} cannot be read as UTF-8 SQL "
-                f"({type(exc).__name__}). Nothing was changed.",
-                next_step="check the file's permissions and encoding.",
-            ) from None
+        return read_sql_file(self.path, "The migration",
+                             "check the file's permissions and encoding.")
 
 
 @dataclass(frozen=True)
@@ -162,22 +157,29 @@ def statements_to_apply(sql_text: str, available_extensions: set[str]) -> list[s
     return [s for s in statements if s]
 
 
-def apply_sql(conn: psycopg.Connection, sql_text: str, *, label: str) -> None:
-    """Run a migration's statements in the caller's transaction, naming the file and the
-    statement that failed."""
-    available = _available_extensions(conn)
-    for number, statement in enumerate(statements_to_apply(sql_text, available), start=1):
+def first_failure(conn: psycopg.Connection, statements: list[str]
+                  ) -> tuple[int, str, str] | None:
+    """Run ``statements`` in order in the caller's transaction, stopping at the first that
+    fails: (its number from 1, the statement, the error's first line), or None."""
+    for number, statement in enumerate(statements, start=1):
         try:
             conn.execute(statement)
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PreconditionFailed(
-                f"{label}, statement {number} failed: {first}. The statement: "
-                f"{statement[:200]!r}.",
-                next_step="the migrations folder must apply cleanly in order onto a new "
-                "Supabase project: fix the file, or give a backup or snapshot taken before "
-                "the migration instead.",
-            ) from None
+            return number, statement, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def apply_sql(conn: psycopg.Connection, sql_text: str, *, label: str) -> None:
+    """Run a migration's statements in the caller's transaction, naming the file and the
+    statement that failed."""
+    failure = first_failure(conn, statements_to_apply(sql_text, _available_extensions(conn)))
+    if failure:
+        number, statement, first = failure
+        raise PreconditionFailed(
+            f"{label}, statement {number} failed: {first}. The statement: {statement[:200]!r}.",
+            next_step="the migrations folder must apply cleanly in order onto a new Supabase "
+            "project: fix the file, or give a backup or snapshot taken before the migration "
+            "instead.")
 
 
 def apply_base(conn: psycopg.Connection) -> None:
