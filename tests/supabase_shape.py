@@ -31,6 +31,8 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'supabase_admin') THEN
     CREATE ROLE supabase_admin SUPERUSER NOLOGIN;
   END IF;
+  -- Another test may have made it an ordinary placeholder: the hosted one is a superuser.
+  ALTER ROLE supabase_admin SUPERUSER;
 END $$;
 """
 
