@@ -128,6 +128,7 @@ def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db,
     assert line <= reported <= line + 12  # the line its CREATE TABLE statement ends on
     assert "public.projects" in message and "uuid_generate_v7" in message
     assert "download" not in message.lower()
+    assert _scratch_roles(16) & set(supabase_dumps.SUPABASE_ROLES) == set()  # cleaned up
     # The same backup is fine for a table the broken statement does not touch.
     restored = supabase_dumps.restore_to_scratch(backup, tables=["public.profiles"])
     try:
