@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 
-import papermill
 import psycopg
 import pytest
 
@@ -184,7 +183,17 @@ def test_yes_no_parameters_are_parsed_strictly(value, expected):
 def test_a_flag_that_is_not_yes_or_no_is_refused_before_anything(tmp_path):
     with pytest.raises(ConfigurationError, match="test_restore must be true or false"):
         flag("flase", "test_restore")
-    assert papermill  # the notebooks get their flags from papermill as strings
+
+
+def test_papermill_false_as_a_string_turns_the_test_restore_off(supabase_db, tmp_path):
+    from playbook import backups
+
+    backups.take_backup(supabase_db[1], tmp_path / "backups")
+    run = run_notebook("30_full_restore", tmp_path / "records", {
+        "backup_dir": str(tmp_path / "backups"), "test_restore": "false",
+        "export_dir": str(tmp_path / "exports")})
+    assert run.failed and "GateClosed" in run.outputs_text()  # review: stops at the gate
+    assert "test_restore=False: not tested" in run.outputs_text()
 
 
 def test_rows_changed_after_the_backup_are_flagged_and_reverting_them_is_asked(
