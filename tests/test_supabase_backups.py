@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 
-import papermill
 import psycopg
 import pytest
 
@@ -128,6 +127,7 @@ def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db,
     assert line <= reported <= line + 12  # the line its CREATE TABLE statement ends on
     assert "public.projects" in message and "uuid_generate_v7" in message
     assert "download" not in message.lower()
+    assert _scratch_roles(16) & set(supabase_dumps.SUPABASE_ROLES) == set()  # cleaned up
     # The same backup is fine for a table the broken statement does not touch.
     restored = supabase_dumps.restore_to_scratch(backup, tables=["public.profiles"])
     try:
@@ -183,7 +183,17 @@ def test_yes_no_parameters_are_parsed_strictly(value, expected):
 def test_a_flag_that_is_not_yes_or_no_is_refused_before_anything(tmp_path):
     with pytest.raises(ConfigurationError, match="test_restore must be true or false"):
         flag("flase", "test_restore")
-    assert papermill  # the notebooks get their flags from papermill as strings
+
+
+def test_papermill_false_as_a_string_turns_the_test_restore_off(supabase_db, tmp_path):
+    from playbook import backups
+
+    backups.take_backup(supabase_db[1], tmp_path / "backups")
+    run = run_notebook("30_full_restore", tmp_path / "records", {
+        "backup_dir": str(tmp_path / "backups"), "test_restore": "false",
+        "export_dir": str(tmp_path / "exports")})
+    assert run.failed and "GateClosed" in run.outputs_text()  # review: stops at the gate
+    assert "test_restore=False: not tested" in run.outputs_text()
 
 
 def test_rows_changed_after_the_backup_are_flagged_and_reverting_them_is_asked(

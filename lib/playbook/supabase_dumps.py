@@ -1,24 +1,23 @@
-"""Backups downloaded from Supabase, restored into a scratch database (never production).
+"""Backups restored into a scratch database (never production), whatever Supabase wrote.
 
-Two shapes besides ``pg_dump`` custom archives (which :mod:`backups` reads):
+Three kinds: ``pg_dump`` custom archives (restored as the script they hold, ``pg_restore
+--file``); the dashboard download, one plain SQL script in ``pg_dumpall`` style, often
+gzipped (``*.backup``, ``*.backup.gz``); the trio ``supabase db dump`` writes, ``roles.sql``,
+``schema.sql``, ``data.sql`` (comments stripped, each ending with ``RESET ALL;``, schema.sql
+without ``auth``/``storage`` whose rows are in data.sql).
 
-- the dashboard download: one plain SQL script in ``pg_dumpall`` style, often gzipped
-  (``*.backup``, ``*.backup.gz``): roles, ``\\connect``, grants to Supabase's roles and
-  ``COPY ... FROM stdin`` blocks;
-- the trio ``supabase db dump`` writes: ``roles.sql``, ``schema.sql``, ``data.sql``.
-
-Such a script is restored with ``psql`` and ``ON_ERROR_STOP`` off, because restoring
-Supabase's files into plain PostgreSQL always raises some errors: every error is captured
-with its line and classified. Harmless ones (a role that already exists or is missing,
-a Supabase-only extension, ``grant options cannot be granted back to your own grantor``)
-are counted and shown; any other stops the step with its line. ``invalid command \\N``
-is never harmless: it follows a COPY that failed, and that table's rows were lost.
+Every script runs through ``psql`` with ``ON_ERROR_STOP`` off, because Supabase's backups
+always raise some errors in plain PostgreSQL: each is kept with its line and statement and
+judged against the chosen tables (:mod:`restore_errors`). The rows the backup holds (its
+``COPY`` blocks and ``INSERT``s, partitions each once) are compared with the rows restored;
+a chosen table that does not restore whole stops the step, named with its line.
 
 The script is rewritten on the way, line for line (line numbers stay those of the
 original): ``\\connect`` is removed so the data lands in the scratch database, other
-databases' sections of a cluster dump are blanked, and ``CREATE ROLE``/``ALTER ROLE`` are
-never run. The roles the dump names are created as NOLOGIN placeholders instead, so a
-dump can never change the scratch server's own superuser (its password, its SUPERUSER).
+databases' sections of a cluster dump are blanked, ``\\restrict`` is dropped, and ``CREATE
+ROLE``/``ALTER ROLE`` are never run. The roles the dump names are created as NOLOGIN
+placeholders instead (and dropped with the scratch database), so a dump can never change
+the scratch server's own superuser (its password, its SUPERUSER).
 """
 
 from __future__ import annotations
@@ -41,7 +40,19 @@ from psycopg import sql
 
 from . import backups, connecting, localdb, scratch_servers
 from .errors import BackupUnusable, ConfigurationError, PlaybookError
-from .names import QualifiedName, split_identifier
+from .names import split_identifier
+from .restore_errors import (
+    COPY_FROM_STDIN,
+    IDENTIFIER,
+    Chosen,
+    RestoreError,
+    advice,
+    judge,
+    key_or_none,
+    parse_psql_errors,
+    statement_tables,
+    statements_at,
+)
 
 KIND_PG_DUMP = "pg_dump"
 KIND_SUPABASE_PLAIN = "supabase_plain"
@@ -59,64 +70,13 @@ SUPABASE_ROLES = (
     "supabase_read_only_user", "pgbouncer", "pgsodium_keyholder", "pgsodium_keyiduser",
     "pgsodium_keymaker",
 )
-# Schemas Supabase manages itself; tables there are not the application's data.
-SUPABASE_SCHEMAS = (
-    "auth_internal", "extensions", "graphql", "graphql_public", "net", "pgbouncer",
-    "pgsodium", "pgsodium_masks", "realtime", "storage", "supabase_functions",
-    "supabase_migrations", "vault", "_realtime", "_analytics",
-)
 SKIPPED_DATABASES = ("template0", "template1")
 
-# psql's error lines: "psql:/path/file.sql:123: ERROR:  message".
-_PSQL_ERROR = re.compile(r"^psql:(?P<file>.+?):(?P<line>\d+): ERROR:\s+(?P<message>.*)$")
 _CONNECT = re.compile(r"^\\(?:connect|c)\s+(?P<rest>.*)$")
 _META_DROPPED = re.compile(r"^\\(?:restrict|unrestrict)\b")
 _ROLE_STATEMENT = re.compile(r"^(?:CREATE|ALTER)\s+ROLE\s+(?P<name>\"(?:[^\"]|\"\")+\"|[^\s;]+)",
                              re.I)
 _DATABASE_STATEMENT = re.compile(r"^(?:CREATE|DROP|ALTER)\s+DATABASE\b", re.I)
-_COPY_FROM_STDIN = re.compile(r"^COPY\s.+\sFROM\s+stdin;\s*$", re.I)
-
-# (pattern, why it is harmless). Anything not matched here is fatal.
-HARMLESS_ERRORS = (
-    (re.compile(r'^role ".+" already exists'), "role already exists on the scratch server"),
-    (re.compile(r'^role ".+" does not exist'),
-     "a role the dump names is not on the scratch server: only owners/grants are affected"),
-    (re.compile(r"^grant options cannot be granted back to your own grantor"),
-     "Supabase's grant chain; the data is unaffected"),
-    (re.compile(r'^extension ".+" is not available|^could not open extension control file'),
-     "a Supabase-only extension that plain PostgreSQL lacks"),
-    (re.compile(r'^(schema|extension|publication|event trigger|type|function|policy|'
-                r'trigger|relation|constraint|index) .*already exists'),
-     "the object already exists in the scratch database"),
-    (re.compile(r'^unrecognized configuration parameter "(transaction_timeout|'
-                r'idle_session_timeout)"'),
-     "a setting of a newer server; irrelevant to the data"),
-    (re.compile(r"^permission denied to (set|change) (role|parameter)|^must be (superuser|owner)"
-                r"|^permission denied to grant role|^must have admin option on role"),
-     "a privilege only Supabase's own admin has; owners/grants only"),
-    (re.compile(r'^publication ".+" does not exist'), "Supabase's realtime publication"),
-    (re.compile(r'^schema "(' + "|".join(SUPABASE_SCHEMAS) + r')" does not exist'),
-     "a schema only Supabase's platform creates"),
-    (re.compile(r'^extension ".+" does not exist'),
-     "a comment or change on an extension this scratch server lacks"),
-    (re.compile(r"^permission denied to change owner of event trigger"),
-     "an event trigger owned by Supabase's superuser (supabase_admin): ownership only"),
-    (re.compile(r'^unrecognized privilege type "maintain"'),
-     "PostgreSQL 17's MAINTAIN privilege, unknown to this older scratch server: grants only"),
-)
-
-
-@dataclass
-class RestoreError:
-    """One error psql reported while running a script."""
-
-    file: str
-    line: int
-    message: str
-    harmless: bool
-    why: str
-    statement: str = ""  # the statement that failed (first 2,000 characters)
-
 
 @dataclass
 class ScriptRestore:
@@ -168,7 +128,7 @@ class ScriptRestore:
             + ("; ".join(problems) + "." if problems else "") + where
             + f" {len(self.harmless)} other error(s) cannot matter to the chosen tables. "
             "Production was not touched.",
-            next_step=_advice(first))
+            next_step=advice(first))
 
     @property
     def harmless(self) -> list[RestoreError]:
@@ -190,53 +150,6 @@ class ScriptRestore:
             entry["count"] += 1
         return pd.DataFrame(list(rows.values()),
                             columns=["verdict", "reason", "count", "first at", "example"])
-
-
-def _advice(error: RestoreError | None) -> str:
-    """A next step that fits what failed (never "download it again" for a file that
-    reads to its end: the read was already proven)."""
-    message = error.message if error else ""
-    if "does not exist" in message and ("function" in message or "type" in message):
-        return ("the chosen table uses a function or type this scratch server lacks (an "
-                "extension): point scratch_url_env at a server with that extension (e.g. "
-                "Debian's postgresql-15 with contrib, or a Supabase local stack), or choose "
-                "other tables.")
-    if "does not exist" in message:
-        return ("the backup does not create what this statement needs: check that the chosen "
-                "tables are in this backup, or restore a fuller backup (pg_dump -Fc of the "
-                "whole database).")
-    if "invalid command" in message or "COPY" in message.upper():
-        return ("a COPY of a chosen table failed (see its line): read that line of the backup; "
-                "if the file is damaged there, use another backup.")
-    return ("read the statement above; if the scratch server cannot hold it, point "
-            "scratch_url_env at one that can (same major version as production), or choose "
-            "other tables.")
-
-
-def classify(message: str) -> tuple[bool, str]:
-    """(harmless, why) for one psql ERROR message."""
-    if message.startswith("invalid command \\"):
-        return False, ("a COPY failed before this line, so its rows were read as commands: "
-                       "that table's data was lost")
-    for pattern, why in HARMLESS_ERRORS:
-        if pattern.search(message):
-            return True, why
-    return False, "not a known harmless restore error"
-
-
-def parse_psql_errors(stderr: str, shown_names: dict[str, str] | None = None
-                      ) -> list[RestoreError]:
-    """Every ``psql:<file>:<line>: ERROR:`` line of ``stderr``, classified."""
-    found = []
-    for raw in stderr.splitlines():
-        match = _PSQL_ERROR.match(raw)
-        if not match:
-            continue
-        message = match.group("message").strip()
-        harmless, why = classify(message)
-        file = (shown_names or {}).get(match.group("file"), Path(match.group("file")).name)
-        found.append(RestoreError(file, int(match.group("line")), message, harmless, why))
-    return found
 
 
 # --- reading the files ----------------------------------------------------------------
@@ -322,24 +235,14 @@ class ScriptScan:
 
 
 _COMPLETE = re.compile(r"^-- PostgreSQL database (cluster )?dump complete")
-_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_QUALIFIED = re.compile(rf"({_NAME}(?:\.{_NAME})?)")
+_TABLE_NAME = rf"({IDENTIFIER}(?:\.{IDENTIFIER})?)"
 _INSERT = re.compile(
-    rf"^INSERT INTO ({_NAME}(?:\.{_NAME})?)\s*(?:\((.*?)\)\s*)?(?:VALUES|SELECT|OVERRIDING)", re.I)
+    rf"^INSERT INTO {_TABLE_NAME}\s*(?:\((.*?)\)\s*)?(?:VALUES|SELECT|OVERRIDING)", re.I)
 _CREATE_TABLE = re.compile(
-    rf"^CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?({_NAME}(?:\.{_NAME})?)\s*(?:\(|PARTITION|$)",
-    re.I)
-_CREATE_EXTENSION = re.compile(rf"^CREATE EXTENSION (?:IF NOT EXISTS )?({_NAME})", re.I)
-_CREATE_SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({_NAME})", re.I)
+    rf"^CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?{_TABLE_NAME}\s*(?:\(|PARTITION|$)", re.I)
+_CREATE_EXTENSION = re.compile(rf"^CREATE EXTENSION (?:IF NOT EXISTS )?({IDENTIFIER})", re.I)
+_CREATE_SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({IDENTIFIER})", re.I)
 _STARTED = re.compile(r"^-- (?:Started|Completed) on (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\s*(\S*)")
-
-
-def table_key(text: str) -> str:
-    """``schema.table`` as the playbook writes it, from a name as a dump writes it
-    (quoted or not, ``public`` when unqualified)."""
-    parts = split_identifier(text.strip())
-    return str(QualifiedName(parts[0], parts[1]) if len(parts) == 2
-               else QualifiedName("public", parts[0]))
 
 
 def scan_script(path: Path) -> ScriptScan:
@@ -357,7 +260,7 @@ def scan_script(path: Path) -> ScriptScan:
             else:
                 scan.rows[in_copy] = scan.rows.get(in_copy, 0) + 1
             continue
-        if _COPY_FROM_STDIN.match(line):
+        if COPY_FROM_STDIN.match(line):
             in_copy = backups.copy_target(line)
             scan.rows.setdefault(in_copy, 0)
             last_statement = "COPY"
@@ -382,14 +285,14 @@ def scan_script(path: Path) -> ScriptScan:
             complete = False
             last_statement = stripped
         if (insert := _INSERT.match(line)):
-            name = _key_or_none(insert.group(1))
+            name = key_or_none(insert.group(1))
             if name:
                 scan.rows[name] = scan.rows.get(name, 0) + 1
                 if name not in scan.insert_columns and insert.group(2):
                     scan.insert_columns[name] = [
                         split_identifier(c)[0] for c in _split_columns(insert.group(2))]
         elif (table := _CREATE_TABLE.match(line)):
-            if name := _key_or_none(table.group(1)):
+            if name := key_or_none(table.group(1)):
                 scan.created_tables.add(name)
         elif (schema := _CREATE_SCHEMA.match(line)):
             scan.created_schemas.add(split_identifier(schema.group(1))[0])
@@ -404,13 +307,6 @@ def scan_script(path: Path) -> ScriptScan:
     scan.ends_with_reset_all = last_statement.upper() == "RESET ALL;" and in_copy is None
     scan.complete = (complete or scan.ends_with_reset_all) and in_copy is None
     return scan
-
-
-def _key_or_none(text: str) -> str | None:
-    try:
-        return table_key(text)
-    except PlaybookError:
-        return None
 
 
 def _split_columns(text: str) -> list[str]:
@@ -582,109 +478,6 @@ def ensure_roles(conn: psycopg.Connection, roles: list[str] | tuple[str, ...]) -
     return scratch_servers.create_placeholder_roles(conn, roles)
 
 
-# --- which tables the operator chose, and what an error touches ------------------------
-
-
-@dataclass(frozen=True)
-class Chosen:
-    """The tables the operator compares: ``tables``, else every table of ``schemas``;
-    neither: every table (a full proof of the backup)."""
-
-    tables: frozenset[str] = frozenset()
-    schemas: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, tables=(), schemas=()) -> Chosen:
-        from .names import parse_table_name
-
-        return cls(frozenset(str(parse_table_name(t)) for t in tables or ()),
-                   frozenset(schemas or ()) if not tables else frozenset())
-
-    def covers(self, table: str) -> bool:
-        if self.tables:
-            return table in self.tables
-        if self.schemas:
-            return split_identifier(table)[0] in self.schemas
-        return True
-
-    def describe(self) -> str:
-        if self.tables:
-            return ", ".join(sorted(self.tables))
-        if self.schemas:
-            return "every table of " + ", ".join(sorted(self.schemas))
-        return "every table"
-
-
-# Statements whose failure cannot change the rows of a table: (pattern, why).
-_NO_ROWS = (
-    (r"^(GRANT|REVOKE)\b|^ALTER DEFAULT PRIVILEGES\b",
-     "privileges (who may read or write), not the rows"),
-    (r"^ALTER\s.+\sOWNER TO\b", "ownership, not the rows (a placeholder role cannot own it)"),
-    (r"^COMMENT ON\b|^SECURITY LABEL\b", "a comment or label"),
-    (r"^(CREATE|ALTER|DROP) EXTENSION\b",
-     "an extension this scratch server lacks (stand-ins cover what table definitions use)"),
-    (r"^(CREATE|ALTER) EVENT TRIGGER\b", "an event trigger (fires on DDL, never on rows)"),
-    (r"^(CREATE|ALTER|DROP) POLICY\b|\bROW LEVEL SECURITY\b",
-     "row level security (filters who sees rows; the scratch copy is read as superuser)"),
-    (r"^(CREATE|ALTER|DROP) PUBLICATION\b|^(CREATE|ALTER) SUBSCRIPTION\b",
-     "Supabase's realtime publication"),
-    (r"^(CREATE|ALTER) (ROLE|USER)\b", "a role"),
-    (r"^SET\b|^RESET\b|^SELECT pg_catalog\.set_config\b", "a session setting"),
-    (r"^SELECT pg_catalog\.setval\b", "a sequence position (the repair moves live's sequences)"),
-    (r"^(CREATE|ALTER) (OR REPLACE )?(TRIGGER|RULE|CONSTRAINT TRIGGER)\b",
-     "a trigger (the backup's rows are already written)"),
-    (r"^ALTER TABLE\s.+\sADD CONSTRAINT\s.+\s(FOREIGN KEY|CHECK)\b",
-     "a foreign key or check (the rows are loaded, only not re-checked)"),
-    (r"^ALTER TABLE\s.+\s(ENABLE|DISABLE|FORCE|NO FORCE)\b|^ALTER TABLE\s.+\sREPLICA IDENTITY",
-     "a table setting, not the rows"),
-    (r"^ALTER TABLE\s.+\sATTACH PARTITION\b", "a partition attach (the partition's rows are "
-     "counted on their own)"),
-    (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET DEFAULT|ADD GENERATED)",
-     "a column default (only new rows use it)"),
-    (r"^\\", "a psql meta-command"),
-    (r"^CREATE (UNIQUE )?INDEX\b|^ALTER INDEX\b", "an index (the rows are loaded without it)"),
-    (r"^(CREATE|ALTER) (OR REPLACE )?((MATERIALIZED )?VIEW|FUNCTION|PROCEDURE|AGGREGATE|TYPE|"
-     r"DOMAIN|SEQUENCE|OPERATOR|COLLATION|TEXT SEARCH|CAST|SCHEMA|SERVER|FOREIGN DATA WRAPPER)\b",
-     "an object that holds no rows (a chosen table needing it fails on its own statement)"),
-)
-_NO_ROWS_RE = [(re.compile(p, re.I | re.S), why) for p, why in _NO_ROWS]
-# Statements about one table, named first: only that table is touched by their failure.
-_ONE_TABLE = re.compile(r"^(COPY|INSERT INTO|CREATE (UNLOGGED )?TABLE|ALTER TABLE)\b", re.I)
-
-
-def statement_tables(statement: str) -> list[str]:
-    """The ``schema.table`` names a statement mentions (qualified names only, as pg_dump
-    writes them)."""
-    found = []
-    for match in re.finditer(rf"(?<![\w\"$.])({_NAME}\.{_NAME})(?![\w\"$.(])", statement):
-        key = _key_or_none(match.group(1))
-        if key and key not in found:
-            found.append(key)
-    return found
-
-
-def judge(error: RestoreError, chosen: Chosen) -> None:
-    """Decide, from the failing statement, whether an error can matter to the chosen
-    tables: fatal only when a statement that creates, shapes or fills a chosen table
-    failed; everything else is counted and shown with why it cannot matter."""
-    if error.harmless or not error.statement:
-        return
-    statement = error.statement.strip()
-    for pattern, why in _NO_ROWS_RE:
-        if pattern.search(statement):
-            error.harmless, error.why = True, why
-            return
-    tables = statement_tables(statement)
-    if _ONE_TABLE.match(statement):
-        tables = tables[:1]
-    touched = [t for t in tables if chosen.covers(t)]
-    if tables and not touched:
-        error.harmless = True
-        error.why = f"touches only tables you did not choose ({', '.join(tables[:3])})"
-    elif touched:
-        error.why = f"it creates, shapes or fills the chosen table {touched[0]}"
-
-
 # --- rewriting and running a script ---------------------------------------------------
 
 
@@ -711,7 +504,7 @@ def prepare_script(source: Path, target: Path, keep_database: str = "") -> int:
                 out.write("-- playbook: \\connect removed (data goes to the scratch database)\n")
                 rewritten += 1
                 continue
-            if _COPY_FROM_STDIN.match(line):
+            if COPY_FROM_STDIN.match(line):
                 in_copy = True
             if skipping:
                 out.write("\n")
@@ -726,47 +519,6 @@ def prepare_script(source: Path, target: Path, keep_database: str = "") -> int:
             else:
                 out.write(line)
     return rewritten
-
-
-_DOLLAR = re.compile(r"\$[A-Za-z_]*\$")
-
-
-def statements_at(path: Path, lines: set[int]) -> dict[int, str]:
-    """The statement (up to 2,000 characters) that ends on each of ``lines`` of a
-    prepared script: psql reports an error with the line its statement ended on."""
-    found: dict[int, str] = {}
-    if not lines:
-        return found
-    buffer: list[str] = []
-    in_copy = False
-    in_dollar = False
-    copy_header = ""
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, line in enumerate(handle, start=1):
-            if in_copy:
-                if line.rstrip("\r\n") == "\\.":
-                    in_copy = False
-                if number in lines:  # a failed COPY's rows read as commands
-                    found[number] = copy_header
-                continue
-            if not buffer and (not line.strip() or line.startswith("--")):
-                if number in lines:
-                    found[number] = line.strip()
-                continue
-            if sum(map(len, buffer)) < 2000:
-                buffer.append(line)
-            if len(_DOLLAR.findall(line)) % 2:
-                in_dollar = not in_dollar
-            ended = not in_dollar and line.rstrip().endswith(";") or line.startswith("\\")
-            if _COPY_FROM_STDIN.match(line):
-                in_copy, ended, copy_header = True, True, line
-            if number in lines:
-                found[number] = "".join(buffer)[:2000]
-            if ended:
-                buffer = []
-            if len(found) == len(lines):
-                break
-    return found
 
 
 def _database_to_keep(scan: ScriptScan) -> str:
