@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from helpers import run_cli
-from playbook import pgbinaries
+from playbook import localdb, pgbinaries
+from playbook.errors import LocalServerError
 
 
 @pytest.mark.parametrize("major", [16, 15])
@@ -154,3 +155,24 @@ def test_db_start_works_when_the_project_sits_in_a_private_0700_folder(tmp_path,
         run_cli("db", "destroy", *cli, env=env)
         if bindir and not str(bindir).startswith(str(private)):  # this test's own mirror
             shutil.rmtree(Path(*bindir.parts[:4]), ignore_errors=True)
+
+
+@pytest.mark.parametrize("squatter", ["symlink", "other-writable"])
+def test_a_planted_private_folder_is_refused_never_followed(tmp_path, monkeypatch, squatter):
+    """Another local user plants /tmp/playbook-<uid> before root's first start: a symlink
+    (chown through it would give away whatever it points at) or a folder others may write
+    to. The start refuses in one sentence, and nothing is created or changed through it."""
+    monkeypatch.setattr(localdb, "PRIVATE_PARENT", tmp_path)
+    planted = tmp_path / f"playbook-{os.geteuid()}"
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    if squatter == "symlink":
+        planted.symlink_to(victim)
+    else:
+        planted.mkdir()
+        planted.chmod(0o777)
+    with pytest.raises(LocalServerError) as refused:
+        localdb.private_runtime_folder()
+    assert str(planted) in str(refused.value) and "\n" not in str(refused.value)
+    assert "Nothing was started" in str(refused.value)
+    assert not list(victim.iterdir()) and stat.S_IMODE(victim.stat().st_mode) == 0o755

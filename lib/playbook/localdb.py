@@ -93,11 +93,19 @@ def _run_as_user() -> str | None:
         except KeyError:
             continue
     name = RUN_AS_CANDIDATES[-1]
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise LocalServerError(
+            f"PostgreSQL does not run as root, and the unprivileged user '{name}' to run it "
+            f"could not be created ({exc}). Nothing was started.",
+            next_step=f"create a 'postgres' system user (useradd --system {name}), or run "
+            "as an ordinary user, or set DATABASE_URL to a server you already have.",
+        ) from None
     return name
 
 
@@ -134,7 +142,17 @@ def reachable_bindir(bindir: Bindir, run_as: str | None) -> Bindir:
     """``bindir``, or a mirror of its install the server's user ``run_as`` can reach."""
     if run_as is None or _others_can_traverse(bindir.path):
         return bindir
-    return installed_copy(bindir, private_runtime_folder())
+    folder = private_runtime_folder()
+    try:
+        return installed_copy(bindir, folder)
+    except OSError as exc:  # a full /tmp, a read-only one
+        raise LocalServerError(
+            f"The server's user '{run_as}' cannot reach {bindir.path} (a private folder), "
+            f"and its programs could not be mirrored into {folder} ({exc.strerror}). "
+            "Nothing was started.",
+            next_step="free space in /tmp, or clone the project into a folder every user may "
+            "pass through (e.g. /srv or /opt), or set DATABASE_URL to a server you have.",
+        ) from None
 
 
 class LocalCluster:
