@@ -254,6 +254,12 @@ def test_review_plan_shows_the_statements_execute_runs_children_first(demo_db, c
     assert text.index('"sponsor_chat_messages"') < text.index('DROP TABLE "public".'
                                                                '"sponsor_connections"')
     assert 'DROP FUNCTION "public"."is_sponsor_of"(uuid);' in text
+    # Before any drop: writes blocked, then the final export, as execute mode runs them.
+    lock = text.splitlines()[0]
+    assert lock.startswith("LOCK TABLE ") and lock.endswith(" IN EXCLUSIVE MODE;")
+    assert all(f'"public"."{t.split(".")[1]}"' in lock for t in COACHING)
+    final = 'COPY (SELECT * FROM "public"."sponsor_chat_messages") TO STDOUT WITH (FORMAT csv'
+    assert text.index(final) < text.index("DROP ")
 
 
 def test_rollback_of_an_already_rolled_back_migration_is_not_an_error(demo_db, coaching,

@@ -10,8 +10,8 @@ never with CASCADE. Review mode shows those very statements (``as_string``);
 2. blocks every write to the tables it will drop (``LOCK TABLE ... IN EXCLUSIVE MODE``:
    INSERT, UPDATE and DELETE wait, SELECT goes on), then takes the FINAL export from a
    snapshot exported by this very transaction (:func:`final_export`), so it holds every
-   write committed before the drop; it is verified (rows against the live counts under
-   the lock, files against their SHA-256). If it equals step 1's export, that one stays;
+   write committed before the drop; it is verified (every table in it, every file
+   against its size and SHA-256). If it equals step 1's export, that one stays;
    otherwise it replaces it (durably, before COMMIT) and step 1's is marked SUPERSEDED;
 3. records what the protected tables are (catalog identity, row counts), drops, then
    before COMMIT checks inside the transaction that every object is gone and that the
@@ -471,8 +471,10 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
         "archive miss the writes made since. Recover from this folder's CSV files."}
     write_manifest(staging, manifest)
     mark_complete(staging, manifest)  # durable before the swap, and before COMMIT
-    mark_superseded(export_dir, export_dir)
+    # Until COMMIT nothing is dropped: a crash between these steps leaves the tables and
+    # at worst no folder at export_dir (the export step writes a new one).
     export_dir.rename(superseded)
+    mark_superseded(superseded, export_dir)
     staging.rename(export_dir)
     fsync_path(export_dir.parent)
     checks.append(Check("step 1's export replaced by the final export (the application "
@@ -480,8 +482,6 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
                         f"kept as {superseded.name}, marked SUPERSEDED", "replaced"))
     return FinalExport(manifest, False, checks, superseded,
                        seconds=time.perf_counter() - started)
-
-
 
 
 def manifest_table(manifest: Manifest, export_dir: Path) -> pd.DataFrame:
