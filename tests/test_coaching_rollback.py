@@ -131,10 +131,15 @@ def test_a_named_dependent_goes_with_the_rollback_and_nothing_else(demo_db, coac
 
 def test_drop_removes_every_object_and_keeps_protected_tables(demo_db, coaching, exported):
     before = demo_db.fingerprint()
+    files = {p.name: p.read_bytes() for p in exported.iterdir()}
     with demo_db.connect() as conn:
         result = drops.perform_drop(conn, coaching, exported)
     assert result.committed
     assert all(c.passed for c in result.checks)
+    # Nothing was written since step 1: its export stays as it was, nothing beside it.
+    assert "identical" in [c.observed for c in result.checks]
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == files
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name]
     after = demo_db.fingerprint()
     for table in ("auth.users", "public.profiles", "public.virtues", "public.journal_entries"):
         assert after[f"table {table}"] == before[f"table {table}"]
