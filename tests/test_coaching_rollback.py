@@ -131,10 +131,15 @@ def test_a_named_dependent_goes_with_the_rollback_and_nothing_else(demo_db, coac
 
 def test_drop_removes_every_object_and_keeps_protected_tables(demo_db, coaching, exported):
     before = demo_db.fingerprint()
+    files = {p.name: p.read_bytes() for p in exported.iterdir()}
     with demo_db.connect() as conn:
         result = drops.perform_drop(conn, coaching, exported)
     assert result.committed
     assert all(c.passed for c in result.checks)
+    # Nothing was written since step 1: its export stays as it was, nothing beside it.
+    assert any(c.observed.startswith("identical") for c in result.checks)
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == files
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name]
     after = demo_db.fingerprint()
     for table in ("auth.users", "public.profiles", "public.virtues", "public.journal_entries"):
         assert after[f"table {table}"] == before[f"table {table}"]
@@ -254,6 +259,12 @@ def test_review_plan_shows_the_statements_execute_runs_children_first(demo_db, c
     assert text.index('"sponsor_chat_messages"') < text.index('DROP TABLE "public".'
                                                                '"sponsor_connections"')
     assert 'DROP FUNCTION "public"."is_sponsor_of"(uuid);' in text
+    # Before any drop: writes blocked, then the final export, as execute mode runs them.
+    lock = text.splitlines()[0]
+    assert lock.startswith("LOCK TABLE ") and lock.endswith(" IN EXCLUSIVE MODE;")
+    assert all(f'"public"."{t.split(".")[1]}"' in lock for t in COACHING)
+    final = 'COPY (SELECT * FROM "public"."sponsor_chat_messages") TO STDOUT WITH (FORMAT csv'
+    assert text.index(final) < text.index("DROP ")
 
 
 def test_rollback_of_an_already_rolled_back_migration_is_not_an_error(demo_db, coaching,

@@ -10,8 +10,8 @@ never with CASCADE. Review mode shows those very statements (``as_string``);
 2. blocks every write to the tables it will drop (``LOCK TABLE ... IN EXCLUSIVE MODE``:
    INSERT, UPDATE and DELETE wait, SELECT goes on), then takes the FINAL export from a
    snapshot exported by this very transaction (:func:`final_export`), so it holds every
-   write committed before the drop; it is verified (rows against the live counts under
-   the lock, files against their SHA-256). If it equals step 1's export, that one stays;
+   write committed before the drop; it is verified (every table in it, every file
+   against its size and SHA-256). If it equals step 1's export, that one stays;
    otherwise it replaces it (durably, before COMMIT) and step 1's is marked SUPERSEDED;
 3. records what the protected tables are (catalog identity, row counts), drops, then
    before COMMIT checks inside the transaction that every object is gone and that the
@@ -436,14 +436,15 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
                  export_dir: Path, preliminary: Manifest,
                  *, lock_timeout: str, show_progress: bool = False) -> FinalExport:
     """Inside the drop's transaction, once writes to ``tables`` are blocked: export them
-    from this transaction's snapshot into a staging folder, verify it (every table in it,
-    with the rows the server sent; every file re-read against its size and SHA-256), then
+    from this transaction's snapshot into a staging folder, then
 
-    - if every file equals step 1's (same rows, same SHA-256), step 1's export already
-      holds every committed write: it stays, the staging folder goes;
-    - otherwise the application wrote since step 1: the final export is fsynced and
-      takes ``export_dir``'s place, step 1's is kept beside it marked SUPERSEDED (with
-      its pg_dump archive, which misses those writes).
+    - if every table has step 1's rows and SHA-256 (hashed from the bytes the server
+      sent), step 1's export (verified before the lock) holds every committed write: it
+      stays, the staging folder goes;
+    - otherwise the application wrote since step 1: the final export is verified (every
+      table in it, every file re-read against its size and SHA-256), fsynced, and takes
+      ``export_dir``'s place; step 1's is kept beside it marked SUPERSEDED (with its
+      pg_dump archive, which misses those writes).
 
     Any failure raises, and the caller's transaction rolls back with nothing dropped."""
     started = time.perf_counter()
@@ -460,6 +461,18 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
         "under the drop's write lock)", lock_timeout=lock_timeout,
         extra=_export_extra(migration, tables), show_progress=show_progress)
     exported = {f.table: f.rows for f in manifest.files}
+    before = {f.table: (f.rows, f.sha256) for f in preliminary.files}
+    after = {f.table: (f.rows, f.sha256) for f in manifest.files}
+    changed = sorted(t for t in after if before.get(t) != after[t])
+    if not changed and before.keys() == after.keys() == set(map(str, tables)):
+        # The bytes the server sent under the lock hash to step 1's SHA-256, and step 1's
+        # files were checked against theirs before the lock: step 1's export stays.
+        shutil.rmtree(staging)
+        return FinalExport(preliminary, True, [Check(
+            "step 1's export holds every committed write (the final export, taken under "
+            "the write lock, has the same rows and SHA-256 per table)", True,
+            f"identical: {sum(exported.values())} rows in {len(exported)} files",
+            "identical")], seconds=time.perf_counter() - started)
     problems = [f"{t} is not in it" for t in map(str, tables) if t not in exported]
     problems += verify_files(staging, manifest)
     checks = [Check("final export taken under the write lock: every table, every file "
@@ -470,15 +483,6 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
             f"The final export in {staging} could not be verified ({'; '.join(problems)}). "
             "The transaction was rolled back; nothing was dropped.",
             next_step="check the disk holding the export folder, then run the drop again.")
-    before = {f.table: (f.rows, f.sha256) for f in preliminary.files}
-    after = {f.table: (f.rows, f.sha256) for f in manifest.files}
-    changed = sorted(t for t in after if before.get(t) != after[t])
-    if not changed and before.keys() == after.keys():
-        shutil.rmtree(staging)
-        checks.append(Check("step 1's export holds every committed write (files identical "
-                            "to the final export)", True, "identical", "identical"))
-        return FinalExport(preliminary, True, checks,
-                           seconds=time.perf_counter() - started)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     superseded = export_dir.with_name(f"{export_dir.name}.superseded-{stamp}")
     manifest.extra["superseded"] = {
@@ -488,8 +492,10 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
         "archive miss the writes made since. Recover from this folder's CSV files."}
     write_manifest(staging, manifest)
     mark_complete(staging, manifest)  # durable before the swap, and before COMMIT
-    mark_superseded(export_dir, export_dir)
+    # Until COMMIT nothing is dropped: a crash between these steps leaves the tables and
+    # at worst no folder at export_dir (the export step writes a new one).
     export_dir.rename(superseded)
+    mark_superseded(superseded, export_dir)
     staging.rename(export_dir)
     fsync_path(export_dir.parent)
     checks.append(Check("step 1's export replaced by the final export (the application "
@@ -497,8 +503,6 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
                         f"kept as {superseded.name}, marked SUPERSEDED", "replaced"))
     return FinalExport(manifest, False, checks, superseded,
                        seconds=time.perf_counter() - started)
-
-
 
 
 def manifest_table(manifest: Manifest, export_dir: Path) -> pd.DataFrame:

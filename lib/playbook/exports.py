@@ -185,6 +185,8 @@ def _snapshot_sessions(conn: psycopg.Connection, count: int,
     try:  # (not in a savepoint: PostgreSQL exports no snapshot from a subtransaction)
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
     except psycopg.Error:
+        if conn.broken or conn.closed:
+            raise  # the session is lost, not the snapshot refused: say that
         raise _NoSnapshot() from None
     settings = _session_settings_to_copy(conn)
     # The parameters libpq used for this session (password included) stay in memory.

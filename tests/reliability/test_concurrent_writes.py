@@ -22,12 +22,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from notebook_runs import run_notebook, shipped_parameters
 from playbook import drops
 from playbook.errors import PlaybookError
 from playbook.runs import begin_run
 from reliability.conftest import coaching_tables_present
 
 MESSAGES = "public.sponsor_chat_messages"
+NOTEBOOK = "20_rollback_coaching_tables"
 
 
 class Application:
@@ -115,6 +117,16 @@ def _expected(initial: dict[str, str], writes: list[tuple]) -> dict[str, str]:
     return expected
 
 
+def _in(exported: dict[str, str], expected: dict[str, str], write: tuple) -> bool:
+    """Whether ``exported`` shows ``write`` (or a later write to the same message)."""
+    if write[0] == "update":
+        _, message, body = write
+        return exported.get(str(message)) == expected[str(message)]
+    _, deleted, inserted, body = write
+    return str(deleted) not in exported and (str(inserted) not in expected  # deleted later
+                                             or exported.get(str(inserted)) == body)
+
+
 def _exported_messages(folder: Path) -> dict[str, str]:
     """The messages in the export's CSV, after checking every file's SHA-256 here."""
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -151,19 +163,45 @@ def test_no_write_committed_before_the_drop_is_missing_from_its_export(
             dropped, frame = False, str(exc)
     finally:
         application.stop()
-    writes = list(application.committed)
+    _every_committed_write_is_kept(demo_db, folder, initial, application.committed,
+                                   dropped, frame)
+
+
+def _every_committed_write_is_kept(db, folder: Path, initial: dict[str, str], committed: list,
+                                   dropped: bool, outcome: object) -> None:
+    """Every write the application saw COMMIT is in the export the drop left (when it
+    committed) or still in the tables (when it did not, and nothing was dropped)."""
+    writes = list(committed)
     assert len(writes) >= 25, writes
     expected = _expected(initial, writes)
     if dropped:
-        assert coaching_tables_present(demo_db) == set()
+        assert coaching_tables_present(db) == set()
         exported = _exported_messages(folder)
-        missing = [w for w in writes if (w[0] == "update" and exported.get(str(w[1])) != w[2])
-                   or (w[0] == "replace" and (str(w[1]) in exported
-                                              or exported.get(str(w[2])) != w[3]))]
+        missing = [w for w in writes if not _in(exported, expected, w)]
         assert not missing, f"{len(missing)} of {len(writes)} committed writes are lost"
         assert exported == expected
     else:
-        assert len(coaching_tables_present(demo_db)) == 3, frame
-        with demo_db.connect() as conn:
+        assert len(coaching_tables_present(db)) == 3, outcome
+        with db.connect() as conn:
             assert _messages(conn.execute(
-                "SELECT id, body FROM public.sponsor_chat_messages")) == expected, frame
+                "SELECT id, body FROM public.sponsor_chat_messages")) == expected, outcome
+
+
+@pytest.mark.both_versions
+def test_notebook_20_in_execute_mode_keeps_every_write_committed_while_it_runs(
+        demo_db, coaching, incidents, tmp_path):
+    with demo_db.connect() as conn:
+        initial = _messages(conn.execute("SELECT id, body FROM public.sponsor_chat_messages"))
+    answers = {qid: "yes" for qid in shipped_parameters(NOTEBOOK)["answers"]}
+    application = Application(demo_db.url, "replace").start()
+    try:
+        application.wait_for(25)  # some before the run, the rest while it runs
+        run = run_notebook(NOTEBOOK, tmp_path, {
+            "mode": "execute", "confirm_database": demo_db.name, "answers": answers,
+            "incident_id": "writes-during-rollback"})
+    finally:
+        application.stop()
+    dropped = not run.failed and "committed" in run.outputs_text()
+    folder = drops.default_export_dir(coaching, "writes-during-rollback")
+    _every_committed_write_is_kept(demo_db, folder, initial, application.committed, dropped,
+                                   run.error)

@@ -54,6 +54,8 @@ DROP_STEPS = [
     ("lock_timeout stated", r"^SELECT set_config\('lock_timeout'", 1, False),
     ("playbook lock taken", r"pg_try_advisory_xact_lock", 1, False),
     ("tables locked against writes", r"^LOCK TABLE", 1, False),
+    ("snapshot shared for the final export", r"pg_export_snapshot", 1, False),
+    ("final export under the write lock", r"^COPY \(SELECT", 1, False),
     ("protected tables measured", r'FROM "public"\."profiles"', 1, False),
     ("first table dropped", r"^DROP TABLE", 1, False),
     ("between two drops", r"^DROP TABLE", 2, True),
@@ -76,9 +78,12 @@ def test_killing_the_drop_at_each_step_leaves_the_database_untouched(
     assert tripwire.fired_at, f"the step {step!r} was never reached"
     assert demo_db.fingerprint() == before  # untouched: all three tables, every row
     assert len(coaching_tables_present(demo_db)) == 3
-    # Running the step again from the top completes it: the kill left nothing behind.
+    # Running the step again from the top completes it: the kill left nothing behind
+    # that stops it (a final export cut short is cleared), and step 1's export is intact.
     with demo_db.connect() as conn:
         assert drops.perform_drop(conn, coaching, coaching_export).committed
+    require_sound_export(coaching_export)
+    assert not drops.staging_folder(coaching_export).exists()
 
 
 # --- 21: the recovery --------------------------------------------------------------------
