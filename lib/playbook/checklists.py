@@ -438,10 +438,6 @@ def closing_checklists(answers: Mapping[str, object] | None = None) -> Checklist
 
 def checklists_in(notebook) -> list[dict]:
     """Every checklist recorded in an executed notebook (an nbformat node or dict)."""
-    found = []
-    for cell in notebook.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {}).get("application/json")
-            if isinstance(data, Mapping) and RECORD_KEY in data:
-                found.append(dict(data[RECORD_KEY]))
-    return found
+    from .journal import json_outputs
+
+    return json_outputs(notebook, RECORD_KEY)

@@ -142,15 +142,21 @@ def _show(entry: Mapping) -> None:
              "text/plain": f"[{entry['event']}] {entry['text']}"}, raw=True)
 
 
-def moments_in(notebook: Mapping) -> list[dict]:
-    """The moments shown in an executed notebook's outputs."""
+def json_outputs(notebook: Mapping, key: str) -> list[dict]:
+    """What an executed notebook's cells displayed as ``application/json`` under ``key``
+    (the playbook's way of leaving structured facts in a record)."""
     found = []
     for cell in notebook.get("cells", []):
         for output in cell.get("outputs", []):
             data = output.get("data", {}).get("application/json")
-            if isinstance(data, Mapping) and MOMENT_KEY in data:
-                found.append(dict(data[MOMENT_KEY]))
+            if isinstance(data, Mapping) and key in data:
+                found.append(dict(data[key]))
     return found
+
+
+def moments_in(notebook: Mapping) -> list[dict]:
+    """The moments shown in an executed notebook's outputs."""
+    return json_outputs(notebook, MOMENT_KEY)
 
 
 def merged(*sources: Iterable[Mapping]) -> list[dict]:
