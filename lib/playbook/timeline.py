@@ -399,6 +399,7 @@ def _plot(t: Timeline) -> list[dict]:
     ax.set_yticks(range(len(runs)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_ylim(len(runs) - 0.5, -0.5)
+    ax.margins(x=0.03)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.set_xlabel("time (UTC)")
     ax.grid(axis="x", color="#e0e0e0")
