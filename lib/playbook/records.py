@@ -29,6 +29,7 @@ Where the incident folders are (and their exports) is :mod:`playbook.incidents`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -552,7 +553,12 @@ def _reserve_room(record_path: Path, journal_file: Path) -> Path:
     try:
         fd = os.open(reserve, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise
+                os.write(fd, b"\0" * RESERVE_BYTES)  # a filesystem without fallocate
         finally:
             os.close(fd)
         journal_file.touch()

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import ROOT, run_cli
 from notebook_runs import write_notebook
-from playbook import journal
+from playbook import journal, records
 from playbook.records import DIED, RECORD_INCOMPLETE, SUCCEEDED, read_records
 from receivers import webhook_receiver
 from reliability.conftest import coaching_tables_present, mounted_tmpfs
@@ -350,3 +350,46 @@ def test_ctrl_c_during_a_step_records_the_run_as_interrupted_there(demo_db, tmp_
     assert record.where["step"] == "The step that dies"
     assert "interrupted (Ctrl-C)" in record.why
     assert [c["what"] for c in record.committed] == ["the change"]
+
+
+def test_an_outcome_the_incident_folder_cannot_take_goes_to_stderr_and_a_second_place(
+        tmp_path, monkeypatch, capsys):
+    """The incident folder is gone when the run ends (a disk unmounted, a folder removed):
+    the outcome is printed on stderr and kept under $XDG_STATE_HOME, and found there."""
+    folder = tmp_path / "incidents" / "2026-12-02-INC-GONE"
+    folder.mkdir(parents=True)
+    base = folder / "01-20_rollback_coaching_tables"
+    (folder / "01-20_rollback_coaching_tables.json").write_text('{"status": "running"}')
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("PLAYBOOK_NOTIFY", raising=False)
+    record = records.Record(
+        incident_id="INC-GONE", number=1, notebook="20_rollback_coaching_tables",
+        operator="alice", started_at="2026-12-02T03:00:00+00:00", outcome=SUCCEEDED,
+        mode="execute", moments=[{"id": "c", "at": "2026-12-02T03:00:05+00:00",
+                                  "event": journal.COMMITTED, "what": "the drop",
+                                  "objects": ["public.sponsor_chat_messages"],
+                                  "rows": {"public.sponsor_chat_messages": 400}}],
+        files={"notebook": f"{base}.ipynb", "html": f"{base}.html",
+               "record": f"{base}.json", "journal": f"{base}.journal.jsonl"})
+    (folder / "01-20_rollback_coaching_tables.json").rename(tmp_path / "stub.json")
+    folder.rmdir()  # the folder disappears before the outcome is written
+
+    records._write_record(record, new_notebook(), [])
+
+    assert set(record.unwritten) == {"record", "notebook", "html"}
+    kept = tmp_path / "state" / "playbook" / "records" / \
+        "2026-12-02-INC-GONE-01-20_rollback_coaching_tables.json"
+    assert record.fallback == str(kept)
+    written = json.loads(kept.read_text())
+    assert written["outcome"] == SUCCEEDED and written["moments"][0]["what"] == "the drop"
+    assert "the drop COMMITTED; the record could not be written" in record.record_problem()
+    assert str(kept) in record.record_problem()
+    stderr = capsys.readouterr().err
+    assert "the record could not be written; its outcome follows" in stderr
+    assert '"what": "the drop"' in stderr
+    # `playbook incidents` reads it back from there once the folder is back.
+    folder.mkdir()
+    (tmp_path / "stub.json").rename(folder / "01-20_rollback_coaching_tables.json")
+    (found,) = read_records(folder)
+    assert found.outcome == SUCCEEDED and found.committed[0]["what"] == "the drop"
+    assert found.exit_code == RECORD_INCOMPLETE
