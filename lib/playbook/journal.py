@@ -118,6 +118,7 @@ def moment(kind: str, text: str, *, show: bool = False, **data: object) -> dict:
     run = current_run()
     if run is not None:
         entry.setdefault("notebook", run.notebook)
+        entry.setdefault("incident", run.incident_id)
     journal = journal_path()
     journalled = append(journal, entry)
     _KEPT.append(entry)

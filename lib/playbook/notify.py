@@ -175,7 +175,8 @@ def notifications_for_incident(incident_id: str) -> list[dict]:
     from . import journal
     from .incidents import find_incident
 
-    entries = journal.kept()
+    # This process's own (a JupyterLab kernel has no journal), of this incident only.
+    entries = [e for e in journal.kept() if e.get("incident", "") == incident_id]
     here = journal.journal_path()
     folders = {here.parent} if here else set()
     if incident_id:

@@ -185,10 +185,6 @@ class _MemoryHandler:
             self.watchers.pop(path, None)
             return self.buffers.pop(path, None)
 
-    def peek(self, path: str) -> str | None:
-        with self.lock:
-            return self.buffers.get(path)
-
 
 class _CellJournal:
     """Journals each cell as papermill starts it (from its in-memory saves), so a run
@@ -494,6 +490,8 @@ def run_notebook(
             journal.moments_in(executed))
 
         where, ename, evalue = where_it_stopped(executed)
+        if ename == "KeyboardInterrupt" and not crash:  # Ctrl-C reached the kernel first
+            interrupted, crash = True, "interrupted (Ctrl-C)"
         if crash:
             record.outcome = DIED
             record.where = where or _where_from(cells.running)
