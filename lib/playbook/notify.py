@@ -102,7 +102,7 @@ def send(notice: Notice, secrets: Iterable[str] = ()) -> dict | None:
     title, body = notice.title, notice.body
     for secret in secrets:
         title, body = title.replace(secret, "***"), body.replace(secret, "***")
-    result = {"about": notice.event, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    result = {"about": notice.event, "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
               "title": title, "targets": [describe_target(u) for u in urls], "failures": {}}
     for url in urls:
         reason = _send_one(url, title, body)

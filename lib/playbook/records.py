@@ -500,7 +500,7 @@ def run_notebook(
             died_how = ("the run was interrupted (Ctrl-C)" if interrupted
                         else f"the kernel died ({crash})")
             record.why = f"{died_how}{step}"
-            record.moments.append({"id": uuid.uuid4().hex, "at": journal.now(),
+            record.moments.append({"id": uuid.uuid4().hex, "at": record.ended_at,
                                    "event": journal.DIED, "text": record.why})
         elif where is None:
             record.outcome = SUCCEEDED

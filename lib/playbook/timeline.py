@@ -30,7 +30,7 @@ from .records import DIED, FAILED, STOPPED, SUCCEEDED, Record, read_records
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "pending": "#9e9e9e"}
 OUTCOME_COLOURS = {SUCCEEDED: "#66bb6a", STOPPED: "#ffb74d", FAILED: "#e57373",
-                   DIED: "#616161"}
+                   DIED: "#b0bec5"}
 # The moments drawn on a run's bar: label, marker, colour, size, and a small vertical
 # offset so that moments a second apart (gate, export, COMMIT, checks) stay apart.
 MARKERS = {
