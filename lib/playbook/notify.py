@@ -79,6 +79,19 @@ def describe_target(url: str) -> str:
     return f"{parts.scheme}://…"
 
 
+def url_secrets() -> list[str]:
+    """What of ``$PLAYBOOK_NOTIFY`` must never be written anywhere: each URL whole, its
+    password, and its long path segments and query values (Slack, Teams and Discord
+    carry their tokens there)."""
+    found = []
+    for url in configured_urls():
+        found.append(url)
+        parts = urlsplit(url)
+        found += [parts.password or ""]
+        found += [p for p in re.split(r"[/&=]", f"{parts.path}&{parts.query}") if len(p) >= 16]
+    return [s for s in found if len(s) >= 4]
+
+
 def _scrub(text: str, urls: Iterable[str]) -> str:
     """``text`` with every configured URL (and its parts that could be secret) replaced by
     its description, then any connection-string password redacted."""

@@ -227,12 +227,14 @@ papermill_io.register(_MEMORY.scheme, _MEMORY)
 
 def live_secrets(env_names: Iterable[str]) -> list[str]:
     """Passwords the run could leak: those of the named variables' connection strings and
-    PGPASSWORD, raw and URL-encoded."""
+    PGPASSWORD, raw and URL-encoded, and the notification targets' passwords and tokens."""
     found: set[str] = set()
     for name in {*env_names, connecting.DEFAULT_URL_ENV}:
         url = os.environ.get(name, "") if isinstance(name, str) else ""
         for secret in connecting.secrets_of(url):
             found.update({secret, quote(secret, safe="")})
+    for secret in notify.url_secrets():
+        found.update({secret, quote(secret, safe="")})
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
 
