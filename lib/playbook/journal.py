@@ -10,7 +10,9 @@ appended (never rewritten) the moment it happens:
 - ``committed``: a change COMMITted, with the objects and rows it affected;
 - ``verification``: the checks after a change passed or failed;
 - ``notification``: a notification was sent, or could not be;
-- ``died``: the run ended without finishing (written when it is found out).
+- ``death announced``: the team was told of a run found killed (``records.announce_deaths``).
+
+A run that ended without finishing gets a ``died`` moment in its record, at its last cell.
 
 So a run killed with ``kill -9`` or whose kernel died still leaves what it did and where it
 was. When the journal cannot be written (a disk that filled up after the COMMIT), the
@@ -193,10 +195,6 @@ def committed(what: str, objects: Iterable[str] = (), rows: Mapping[str, int] | 
     if run is not None:
         notify.notify_run(run, notify.COMMITTED, text)
     return entry
-
-
-def verification(passed: bool, text: str) -> dict:
-    return moment(VERIFICATION, text, passed=bool(passed))
 
 
 def commits_in(entries: Iterable[Mapping]) -> list[dict]:
