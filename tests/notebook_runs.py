@@ -65,3 +65,15 @@ def run_notebook(stem: str, output_dir: Path, parameters: dict | None = None,
     except papermill.PapermillExecutionError as exc:
         error = exc
     return NotebookRun(out, nbformat.read(out, as_version=4), error)
+
+
+def write_notebook(path: Path, cells: list) -> Path:
+    """A notebook of ``cells`` for the python3 kernel, written at ``path`` (its folder made)."""
+    from nbformat.v4 import new_notebook
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notebook = new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, path)
+    return path

@@ -162,3 +162,14 @@ def test_a_notification_target_is_recorded_without_its_secrets():
         "slack://…"
     assert notify.describe_target("mailtos://user:pw@smtp.example.com?to=a@b.c") == \
         "mailtos://smtp.example.com"
+
+
+def test_a_careless_step_printing_the_notification_url_leaves_no_token_in_the_record(
+        monkeypatch):
+    from playbook.records import live_secrets, scrub
+
+    token = "T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7"
+    monkeypatch.setenv(notify.NOTIFY_ENV, f"slack://{token} json://u:pa55word@h.example/x")
+    printed = f"PLAYBOOK_NOTIFY=slack://{token} json://u:pa55word@h.example/x"
+    cleaned = str(scrub(printed, live_secrets([])))
+    assert "TIiajkdnlazkcOXrIdevi7" not in cleaned and "pa55word" not in cleaned

@@ -11,9 +11,10 @@ from pathlib import Path
 import nbformat
 import psycopg
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 from helpers import run_cli
+from notebook_runs import write_notebook
 from playbook import demo_app
 from playbook.errors import ConfigurationError, ObjectNotFound
 from playbook.records import FAILED, STOPPED, SUCCEEDED, read_records, run_notebook
@@ -31,7 +32,6 @@ checklist_answers: dict = {}'''
 def make_rehearsal_notebook(folder: Path) -> Path:
     """A small notebook that can succeed, stop at a gate or fail mid-way, and that
     carelessly prints the connection string (the record must not keep it)."""
-    folder.mkdir(parents=True, exist_ok=True)
     cells = [
         new_markdown_cell("# Tiny incident notebook"),
         new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
@@ -56,12 +56,7 @@ def make_rehearsal_notebook(folder: Path) -> Path:
                       "    raise RuntimeError('boom while using ' + os.environ[database_url_env])"),
         new_code_cell("print('finished')"),
     ]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = folder / "tiny.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(folder / "tiny.ipynb", cells)
 
 
 def uri_form(db) -> tuple[str, str]:

@@ -38,6 +38,7 @@ import pandas as pd
 
 from .errors import ConfigurationError, PreconditionFailed
 from .gates import YES, display_replacing, normalise_answer, require_answer_mapping
+from .journal import EXPORT_VERIFIED, VERIFICATION
 
 RECORD_KEY = "playbook_checklist"
 OPERATOR, PLAYBOOK = "operator", "playbook"
@@ -125,7 +126,7 @@ CHECKLISTS: dict[str, tuple[str, dict[str, str]]] = {
 CLOSING = ("after_rollback", "post_rollback_immediately", "post_rollback_24_hours",
            "post_rollback_week")
 # Items whose ticking by the playbook is a moment of the run's timeline.
-MOMENTS = {"data_export_completed": "export verified", "verification_run": "verification"}
+MOMENTS = {"data_export_completed": EXPORT_VERIFIED, "verification_run": VERIFICATION}
 # Lists of things a change does: the playbook ticks them only for an executed change.
 DONE_ONLY_WHEN_EXECUTING = ("during_rollback", "recovery")
 
@@ -438,10 +439,6 @@ def closing_checklists(answers: Mapping[str, object] | None = None) -> Checklist
 
 def checklists_in(notebook) -> list[dict]:
     """Every checklist recorded in an executed notebook (an nbformat node or dict)."""
-    found = []
-    for cell in notebook.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {}).get("application/json")
-            if isinstance(data, Mapping) and RECORD_KEY in data:
-                found.append(dict(data[RECORD_KEY]))
-    return found
+    from .journal import json_outputs
+
+    return json_outputs(notebook, RECORD_KEY)

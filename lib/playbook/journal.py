@@ -10,7 +10,9 @@ appended (never rewritten) the moment it happens:
 - ``committed``: a change COMMITted, with the objects and rows it affected;
 - ``verification``: the checks after a change passed or failed;
 - ``notification``: a notification was sent, or could not be;
-- ``died``: the run ended without finishing (written when it is found out).
+- ``death announced``: the team was told of a run found killed (``records.announce_deaths``).
+
+A run that ended without finishing gets a ``died`` moment in its record, at its last cell.
 
 So a run killed with ``kill -9`` or whose kernel died still leaves what it did and where it
 was. When the journal cannot be written (a disk that filled up after the COMMIT), the
@@ -118,6 +120,7 @@ def moment(kind: str, text: str, *, show: bool = False, **data: object) -> dict:
     run = current_run()
     if run is not None:
         entry.setdefault("notebook", run.notebook)
+        entry.setdefault("incident", run.incident_id)
     journal = journal_path()
     journalled = append(journal, entry)
     _KEPT.append(entry)
@@ -142,15 +145,21 @@ def _show(entry: Mapping) -> None:
              "text/plain": f"[{entry['event']}] {entry['text']}"}, raw=True)
 
 
-def moments_in(notebook: Mapping) -> list[dict]:
-    """The moments shown in an executed notebook's outputs."""
+def json_outputs(notebook: Mapping, key: str) -> list[dict]:
+    """What an executed notebook's cells displayed as ``application/json`` under ``key``
+    (the playbook's way of leaving structured facts in a record)."""
     found = []
     for cell in notebook.get("cells", []):
         for output in cell.get("outputs", []):
             data = output.get("data", {}).get("application/json")
-            if isinstance(data, Mapping) and MOMENT_KEY in data:
-                found.append(dict(data[MOMENT_KEY]))
+            if isinstance(data, Mapping) and key in data:
+                found.append(dict(data[key]))
     return found
+
+
+def moments_in(notebook: Mapping) -> list[dict]:
+    """The moments shown in an executed notebook's outputs."""
+    return json_outputs(notebook, MOMENT_KEY)
 
 
 def merged(*sources: Iterable[Mapping]) -> list[dict]:
@@ -186,10 +195,6 @@ def committed(what: str, objects: Iterable[str] = (), rows: Mapping[str, int] | 
     if run is not None:
         notify.notify_run(run, notify.COMMITTED, text)
     return entry
-
-
-def verification(passed: bool, text: str) -> dict:
-    return moment(VERIFICATION, text, passed=bool(passed))
 
 
 def commits_in(entries: Iterable[Mapping]) -> list[dict]:

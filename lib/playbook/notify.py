@@ -79,6 +79,19 @@ def describe_target(url: str) -> str:
     return f"{parts.scheme}://…"
 
 
+def url_secrets() -> list[str]:
+    """What of ``$PLAYBOOK_NOTIFY`` must never be written anywhere: each URL whole, its
+    password, and its long path segments and query values (Slack, Teams and Discord
+    carry their tokens there)."""
+    found = []
+    for url in configured_urls():
+        found.append(url)
+        parts = urlsplit(url)
+        found += [parts.password or ""]
+        found += [p for p in re.split(r"[/&=]", f"{parts.path}&{parts.query}") if len(p) >= 16]
+    return [s for s in found if len(s) >= 4]
+
+
 def _scrub(text: str, urls: Iterable[str]) -> str:
     """``text`` with every configured URL (and its parts that could be secret) replaced by
     its description, then any connection-string password redacted."""
@@ -102,7 +115,7 @@ def send(notice: Notice, secrets: Iterable[str] = ()) -> dict | None:
     title, body = notice.title, notice.body
     for secret in secrets:
         title, body = title.replace(secret, "***"), body.replace(secret, "***")
-    result = {"about": notice.event, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    result = {"about": notice.event, "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
               "title": title, "targets": [describe_target(u) for u in urls], "failures": {}}
     for url in urls:
         reason = _send_one(url, title, body)
@@ -175,7 +188,8 @@ def notifications_for_incident(incident_id: str) -> list[dict]:
     from . import journal
     from .incidents import find_incident
 
-    entries = journal.kept()
+    # This process's own (a JupyterLab kernel has no journal), of this incident only.
+    entries = [e for e in journal.kept() if e.get("incident", "") == incident_id]
     here = journal.journal_path()
     folders = {here.parent} if here else set()
     if incident_id:

@@ -29,6 +29,7 @@ Where the incident folders are (and their exports) is :mod:`playbook.incidents`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -186,10 +187,6 @@ class _MemoryHandler:
             self.watchers.pop(path, None)
             return self.buffers.pop(path, None)
 
-    def peek(self, path: str) -> str | None:
-        with self.lock:
-            return self.buffers.get(path)
-
 
 class _CellJournal:
     """Journals each cell as papermill starts it (from its in-memory saves), so a run
@@ -232,12 +229,14 @@ papermill_io.register(_MEMORY.scheme, _MEMORY)
 
 def live_secrets(env_names: Iterable[str]) -> list[str]:
     """Passwords the run could leak: those of the named variables' connection strings and
-    PGPASSWORD, raw and URL-encoded."""
+    PGPASSWORD, raw and URL-encoded, and the notification targets' passwords and tokens."""
     found: set[str] = set()
     for name in {*env_names, connecting.DEFAULT_URL_ENV}:
         url = os.environ.get(name, "") if isinstance(name, str) else ""
         for secret in connecting.secrets_of(url):
             found.update({secret, quote(secret, safe="")})
+    for secret in notify.url_secrets():
+        found.update({secret, quote(secret, safe="")})
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
 
@@ -495,6 +494,8 @@ def run_notebook(
             journal.moments_in(executed))
 
         where, ename, evalue = where_it_stopped(executed)
+        if ename == "KeyboardInterrupt" and not crash:  # Ctrl-C reached the kernel first
+            interrupted, crash = True, "interrupted (Ctrl-C)"
         if crash:
             record.outcome = DIED
             record.where = where or _where_from(cells.running)
@@ -503,7 +504,7 @@ def run_notebook(
             died_how = ("the run was interrupted (Ctrl-C)" if interrupted
                         else f"the kernel died ({crash})")
             record.why = f"{died_how}{step}"
-            record.moments.append({"id": uuid.uuid4().hex, "at": journal.now(),
+            record.moments.append({"id": uuid.uuid4().hex, "at": record.ended_at,
                                    "event": journal.DIED, "text": record.why})
         elif where is None:
             record.outcome = SUCCEEDED
@@ -554,7 +555,12 @@ def _reserve_room(record_path: Path, journal_file: Path) -> Path:
     try:
         fd = os.open(reserve, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise
+                os.write(fd, b"\0" * RESERVE_BYTES)  # a filesystem without fallocate
         finally:
             os.close(fd)
         journal_file.touch()

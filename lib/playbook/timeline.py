@@ -30,7 +30,7 @@ from .records import DIED, FAILED, STOPPED, SUCCEEDED, Record, read_records
 
 STATUS_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "pending": "#9e9e9e"}
 OUTCOME_COLOURS = {SUCCEEDED: "#66bb6a", STOPPED: "#ffb74d", FAILED: "#e57373",
-                   DIED: "#616161"}
+                   DIED: "#b0bec5"}
 # The moments drawn on a run's bar: label, marker, colour, size, and a small vertical
 # offset so that moments a second apart (gate, export, COMMIT, checks) stay apart.
 MARKERS = {
@@ -399,6 +399,7 @@ def _plot(t: Timeline) -> list[dict]:
     ax.set_yticks(range(len(runs)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_ylim(len(runs) - 0.5, -0.5)
+    ax.margins(x=0.03)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.set_xlabel("time (UTC)")
     ax.grid(axis="x", color="#e0e0e0")

@@ -4,6 +4,9 @@ same rows), and where incident records go."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,20 @@ def coaching_export(demo_db, coaching, tmp_path_factory) -> Path:
         _EXPORTS[demo_db.major] = folder
     require_sound_export(_EXPORTS[demo_db.major])
     return _EXPORTS[demo_db.major]
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real small disk at ``folder`` (a tmpfs of ``size``, e.g. "16k"; needs root),
+    unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def coaching_tables_present(db) -> set[str]:

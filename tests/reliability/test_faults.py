@@ -14,7 +14,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import threading
 
 import psycopg
@@ -32,7 +31,7 @@ from playbook.errors import (
 from playbook.exports import require_sound_export
 from playbook.names import QualifiedName
 from playbook.runs import begin_run
-from reliability.conftest import coaching_tables_present
+from reliability.conftest import coaching_tables_present, mounted_tmpfs
 from reliability.instrument import InstrumentedRun, Tripwire, instrument, terminator
 
 FAULTS: list[str] = []  # every fault injected, for the summary line
@@ -256,13 +255,8 @@ def tiny_disk(tmp_path):
     user may not mount, so there this process's file-size limit (RLIMIT_FSIZE) is set to
     16 kB for the test: a write past it fails with EFBIG, the same path through the code."""
     if os.geteuid() == 0:
-        mount = tmp_path / "tiny-disk"
-        mount.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
-        yield mount, "No space left on device"
-        subprocess.run(["umount", str(mount)], check=True)
+        with mounted_tmpfs(tmp_path / "tiny-disk", "16k") as mount:
+            yield mount, "No space left on device"
         return
     folder = tmp_path / "size-limited"
     folder.mkdir()

@@ -22,16 +22,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import nbformat
 import psycopg
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import ROOT, run_cli
-from playbook import journal
+from notebook_runs import write_notebook
+from playbook import journal, records
 from playbook.records import DIED, RECORD_INCOMPLETE, SUCCEEDED, read_records
 from receivers import webhook_receiver
-from reliability.conftest import coaching_tables_present
+from reliability.conftest import coaching_tables_present, mounted_tmpfs
 
 YES_20 = {q: "yes" for q in ("issue_confirmed", "recent_backup", "backup_tested",
                               "data_exported", "no_other_way", "team_notified",
@@ -90,23 +90,18 @@ def small_disk(tmp_path):
     root: a 3 MB tmpfs filled to its last byte (ENOSPC). An ordinary user may not mount:
     there the `playbook run` process's file-size limit is lowered to 64 kB (EFBIG)."""
     if os.geteuid() == 0:
-        mount = tmp_path / "small-disk"
-        mount.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr}"
+        with mounted_tmpfs(tmp_path / "small-disk", "3m") as mount:
 
-        def fill(_pid: int) -> None:
-            try:
-                with open(mount / "filler", "wb") as handle:
-                    while True:
-                        handle.write(b"\0" * 4096)
-                        handle.flush()
-            except OSError:
-                pass  # full to the last byte
+            def fill(_pid: int) -> None:
+                try:
+                    with open(mount / "filler", "wb") as handle:
+                        while True:
+                            handle.write(b"\0" * 4096)
+                            handle.flush()
+                except OSError:
+                    pass  # full to the last byte
 
-        yield mount / "incidents", fill, "No space left on device"
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+            yield mount / "incidents", fill, "No space left on device"
         return
 
     def lower_limit(pid: int) -> None:
@@ -172,15 +167,9 @@ def test_a_disk_too_full_to_hold_the_record_refuses_to_start(demo_db, tmp_path):
             preexec_fn=lambda: (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
                                 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))))
     else:
-        mount = tmp_path / "full-disk"
-        mount.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                       check=True)
-        try:
+        with mounted_tmpfs(tmp_path / "full-disk", "64k") as mount:
             env = _environment(demo_db, mount / "incidents", tmp_path)
             result = run_cli("run", "00_triage", "--incident", "INC-F", env=env)
-        finally:
-            subprocess.run(["umount", "-l", str(mount)], check=True)
     assert result.returncode == 2, result.stdout + result.stderr  # refused: nothing run
     assert "no room to record this run" in result.stderr
     assert "Nothing was run or changed" in result.stderr and "Traceback" not in result.stderr
@@ -262,7 +251,6 @@ def test_kill_9_of_playbook_run_during_the_drop_leaves_a_record_that_it_died_the
 def _dying_notebook(folder: Path) -> Path:
     """A notebook that COMMITs a change, then its kernel dies (or it sleeps, for Ctrl-C),
     then has a checklist and more steps that never run."""
-    folder.mkdir(parents=True, exist_ok=True)
     cells = [
         new_markdown_cell("# A notebook whose kernel dies"),
         new_code_cell('database_url_env: str = "DATABASE_URL"\nmode: str = "review"\n'
@@ -288,12 +276,7 @@ def _dying_notebook(folder: Path) -> Path:
         new_markdown_cell("## Last step"),
         new_code_cell("print('finished')"),
     ]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = folder / "dying.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(folder / "dying.ipynb", cells)
 
 
 def test_a_kernel_that_dies_leaves_a_died_record_and_no_later_step_completed(
@@ -367,3 +350,46 @@ def test_ctrl_c_during_a_step_records_the_run_as_interrupted_there(demo_db, tmp_
     assert record.where["step"] == "The step that dies"
     assert "interrupted (Ctrl-C)" in record.why
     assert [c["what"] for c in record.committed] == ["the change"]
+
+
+def test_an_outcome_the_incident_folder_cannot_take_goes_to_stderr_and_a_second_place(
+        tmp_path, monkeypatch, capsys):
+    """The incident folder is gone when the run ends (a disk unmounted, a folder removed):
+    the outcome is printed on stderr and kept under $XDG_STATE_HOME, and found there."""
+    folder = tmp_path / "incidents" / "2026-12-02-INC-GONE"
+    folder.mkdir(parents=True)
+    base = folder / "01-20_rollback_coaching_tables"
+    (folder / "01-20_rollback_coaching_tables.json").write_text('{"status": "running"}')
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("PLAYBOOK_NOTIFY", raising=False)
+    record = records.Record(
+        incident_id="INC-GONE", number=1, notebook="20_rollback_coaching_tables",
+        operator="alice", started_at="2026-12-02T03:00:00+00:00", outcome=SUCCEEDED,
+        mode="execute", moments=[{"id": "c", "at": "2026-12-02T03:00:05+00:00",
+                                  "event": journal.COMMITTED, "what": "the drop",
+                                  "objects": ["public.sponsor_chat_messages"],
+                                  "rows": {"public.sponsor_chat_messages": 400}}],
+        files={"notebook": f"{base}.ipynb", "html": f"{base}.html",
+               "record": f"{base}.json", "journal": f"{base}.journal.jsonl"})
+    (folder / "01-20_rollback_coaching_tables.json").rename(tmp_path / "stub.json")
+    folder.rmdir()  # the folder disappears before the outcome is written
+
+    records._write_record(record, new_notebook(), [])
+
+    assert set(record.unwritten) == {"record", "notebook", "html"}
+    kept = tmp_path / "state" / "playbook" / "records" / \
+        "2026-12-02-INC-GONE-01-20_rollback_coaching_tables.json"
+    assert record.fallback == str(kept)
+    written = json.loads(kept.read_text())
+    assert written["outcome"] == SUCCEEDED and written["moments"][0]["what"] == "the drop"
+    assert "the drop COMMITTED; the record could not be written" in record.record_problem()
+    assert str(kept) in record.record_problem()
+    stderr = capsys.readouterr().err
+    assert "the record could not be written; its outcome follows" in stderr
+    assert '"what": "the drop"' in stderr
+    # `playbook incidents` reads it back from there once the folder is back.
+    folder.mkdir()
+    (tmp_path / "stub.json").rename(folder / "01-20_rollback_coaching_tables.json")
+    (found,) = read_records(folder)
+    assert found.outcome == SUCCEEDED and found.committed[0]["what"] == "the drop"
+    assert found.exit_code == RECORD_INCOMPLETE
