@@ -153,8 +153,11 @@ def test_db_start_works_when_the_project_sits_in_a_private_0700_folder(tmp_path,
         state = clone / ".playbook" / "clusters" / "private" / "state.json"
         bindir = Path(json.loads(state.read_text())["bindir"]) if state.exists() else None
         run_cli("db", "destroy", *cli, env=env)
-        if bindir and not str(bindir).startswith(str(private)):  # this test's own mirror
-            shutil.rmtree(Path(*bindir.parts[:4]), ignore_errors=True)
+        # This test's own mirror of the wheel's programs, and nothing else: Debian's
+        # /usr/lib/postgresql (the 15 case) is the machine's, never the test's to remove.
+        mirrors = localdb.PRIVATE_PARENT / f"playbook-{os.geteuid()}"
+        if bindir and bindir.is_relative_to(mirrors) and bindir != mirrors:
+            shutil.rmtree(mirrors / bindir.relative_to(mirrors).parts[0], ignore_errors=True)
 
 
 @pytest.mark.parametrize("squatter", ["symlink", "other-writable"])

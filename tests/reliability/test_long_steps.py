@@ -3,7 +3,7 @@
 Every session of the playbook states a ``statement_timeout`` (60 s) so a look-up can never
 hang; but the export, the drop and the re-import of ten million rows run for minutes, and
 cutting one rolls the whole step back (the tables stay gone). Rehearsed here with a session
-whose interactive limit is far shorter than the steps take on this data."""
+whose interactive limit (50 ms) is far shorter than one COPY of this data."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from playbook.names import QualifiedName
 
 COACHING = (("public", "sponsor_connections"), ("public", "sponsor_chat_messages"),
             ("public", "sponsor_visible_memos"))
-SHORT = connecting.SessionLimits(statement_timeout="150ms")
+SHORT = connecting.SessionLimits(statement_timeout="50ms")
 
 
 @pytest.fixture
@@ -43,8 +43,10 @@ def test_export_drop_and_recovery_outlast_the_interactive_statement_timeout(
     with connecting.connect(url=large_demo, limits=SHORT) as probe:
         # The limit really is shorter than one COPY of these tables.
         with pytest.raises(psycopg.errors.QueryCanceled):
-            probe.execute("SELECT count(*) FROM (SELECT * FROM public.sponsor_chat_messages "
-                          "ORDER BY body, id) m")
+            with probe.cursor() as cur, cur.copy(
+                    "COPY (SELECT * FROM public.sponsor_chat_messages) TO STDOUT") as copy:
+                for _block in copy:
+                    pass
     folder = tmp_path / "export"
     with connecting.connect(url=large_demo, limits=SHORT) as conn:
         tables = [QualifiedName(f.obj.schema, f.obj.name)
