@@ -195,6 +195,11 @@ _NO_ROWS = (
      "counted on their own)"),
     (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET DEFAULT|ADD GENERATED)",
      "a column default (only new rows use it)"),
+    (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\s(SET|RESET)\s*\(",
+     "a column's options (planner statistics, or a newer pg_dump's attribute options such "
+     "as pg_attver that an older scratch server does not know): not the rows"),
+    (r"^ALTER TABLE\s.+\sALTER COLUMN\s.+\sSET (STATISTICS|STORAGE|COMPRESSION)\b",
+     "how a column is stored or sampled, not its rows"),
     (r"^\\", "a psql meta-command"),
     (r"^CREATE (UNIQUE )?INDEX\b|^ALTER INDEX\b", "an index (the rows are loaded without it)"),
     (r"^(CREATE|ALTER) (OR REPLACE )?((MATERIALIZED )?VIEW|FUNCTION|PROCEDURE|AGGREGATE|TYPE|"

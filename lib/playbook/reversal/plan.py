@@ -31,6 +31,7 @@ from psycopg import sql
 from .. import localdb
 from ..errors import DependentObjectsExist, PreconditionFailed, VerificationFailed
 from ..migration_objects import object_oid, parse_created_objects
+from ..scratch_servers import remove_placeholder_roles
 from .schema_diff import schema_plan
 from .shadow import MigrationFile, MigrationsFolder, build_shadow, first_failure
 
@@ -65,6 +66,7 @@ def shadow_states(scratch_admin_url: str, folder: MigrationsFolder,
     tag = uuid.uuid4().hex[:10]
     names = {"before": f"playbook_shadow_before_{tag}", "after": f"playbook_shadow_after_{tag}"}
     opened: list[psycopg.Connection] = []
+    roles: list[str] = []
     try:
         conns = {}
         for state, migrations in (("before", folder.before(target.version)),
@@ -72,7 +74,7 @@ def shadow_states(scratch_admin_url: str, folder: MigrationsFolder,
             url = localdb.create_database(scratch_admin_url, names[state])
             conn = psycopg.connect(url)
             opened.append(conn)
-            build_shadow(conn, migrations)
+            roles += build_shadow(conn, migrations)
             conns[state] = conn
         yield ShadowStates(conns["before"], conns["after"],
                            source=f"migrations folder {folder.path} (shadow databases built "
@@ -82,6 +84,7 @@ def shadow_states(scratch_admin_url: str, folder: MigrationsFolder,
             conn.close()
         for name in names.values():
             localdb.drop_database(scratch_admin_url, name)
+        remove_placeholder_roles(scratch_admin_url, roles)
 
 
 @dataclass

@@ -21,13 +21,15 @@ from pglast import ast
 
 from ..errors import ConfigurationError, ObjectNotFound, PreconditionFailed
 from ..migrations import read_sql_file
-from ..scratch_servers import prepare_database
+from ..scratch_servers import create_placeholder_roles, prepare_database
 from ..supabase_dumps import BASE_SQL as SUPABASE_BASE_SQL
 
 SHADOW_BASE = Path(__file__).resolve().parent / "shadow_base.sql"
 MIGRATION_FILE = re.compile(r"^(?P<version>\d+)_(?P<name>.+)\.sql$")
 # Extensions the base provides with stand-in functions where the server lacks them.
 STAND_IN_EXTENSIONS = {"pgcrypto", "uuid-ossp"}
+# Supabase's API roles, which migrations grant to.
+API_ROLES = ("anon", "authenticated", "service_role")
 
 
 @dataclass(frozen=True)
@@ -182,16 +184,19 @@ def apply_sql(conn: psycopg.Connection, sql_text: str, *, label: str) -> None:
             "instead.")
 
 
-def apply_base(conn: psycopg.Connection) -> None:
-    """The Supabase-like base every shadow database starts from."""
+def apply_base(conn: psycopg.Connection) -> list[str]:
+    """The Supabase-like base every shadow database starts from. Returns the API roles it
+    had to create (cluster-wide placeholders: the caller removes them when done)."""
+    created = create_placeholder_roles(conn, API_ROLES)
     prepare_database(conn)
     for base in (SUPABASE_BASE_SQL, SHADOW_BASE):
         apply_sql(conn, base.read_text(encoding="utf-8"), label=base.name)
+    return created
 
 
-def build_shadow(conn: psycopg.Connection, migrations: tuple[MigrationFile, ...]) -> None:
+def build_shadow(conn: psycopg.Connection, migrations: tuple[MigrationFile, ...]) -> list[str]:
     """Apply the base and ``migrations`` to the empty database ``conn`` is connected to, in
-    one transaction, committed at the end."""
+    one transaction, committed at the end. Returns the placeholder roles created."""
     found = conn.execute(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
@@ -202,7 +207,8 @@ def build_shadow(conn: psycopg.Connection, migrations: tuple[MigrationFile, ...]
             "Nothing was changed.",
             next_step="give a new, empty scratch database for the state before the migration.",
         )
-    apply_base(conn)
+    created = apply_base(conn)
     for item in migrations:
         apply_sql(conn, item.sql(), label=item.label)
     conn.commit()
+    return created

@@ -1,25 +1,12 @@
 -- What a new Supabase project holds before its first migration, beyond the auth and storage
 -- tables of ../supabase_base.sql and the extensions scratch_servers.prepare_database makes:
--- the API roles, their grants, the empty Realtime publication and the default privileges
+-- the API roles' grants, the empty Realtime publication and the default privileges
 -- Supabase gives them. The shadow database (the state before a migration) is this base plus
 -- every earlier migration, as `supabase db diff` builds its own. Idempotent; no
 -- BEGIN/COMMIT (the caller owns the transaction).
 
-DO $$
-DECLARE
-  role_name text;
-BEGIN
-  FOREACH role_name IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
-      BEGIN
-        EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
-      EXCEPTION WHEN duplicate_object OR unique_violation THEN
-        NULL;  -- roles are cluster-wide: another database created it meanwhile
-      END;
-    END IF;
-  END LOOP;
-END
-$$;
+-- The API roles themselves are created by shadow.apply_base as placeholders, removed with
+-- the shadow databases (roles are cluster-wide: none is left behind on the scratch server).
 
 GRANT USAGE ON SCHEMA extensions TO anon, authenticated, service_role;
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
