@@ -4,7 +4,6 @@ fingerprint tables row by row (checksums the tests compute themselves)."""
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import psycopg
@@ -83,9 +82,4 @@ def supabase_trio(url: str, major: int, folder: Path) -> Path:
 def truncated_copy(path: Path, target: Path) -> Path:
     data = path.read_bytes()
     target.write_bytes(data[: len(data) // 2])
-    return target
-
-
-def copy_of(path: Path, target: Path) -> Path:
-    shutil.copy(path, target)
     return target

@@ -7,13 +7,13 @@ import pytest
 from notebook_runs import run_notebook, shipped_parameters
 from playbook import demo_app
 from playbook.errors import ConfigurationError
+from playbook.migrations import known_migrations
 from playbook.triage import (
     FULL_RESTORE,
     RESTORE_TABLES,
     TriageQuestions,
     decide,
     look_at_database,
-    migrations,
 )
 
 ROLLBACK_PATH = {"application_completely_broken": "yes", "data_corrupted": "no",
@@ -29,7 +29,7 @@ def evidence_of(db, incident: str | None = None):
 
 
 def test_the_playbook_knows_both_migrations_and_their_tables_from_their_sql():
-    known = {m.name: m for m in migrations()}
+    known = {m.name: m for m in known_migrations()}
     assert known["coaching_tables"].notebook == "20_rollback_coaching_tables"
     assert {str(t) for t in known["coaching_tables"].tables} == {
         "public.sponsor_connections", "public.sponsor_chat_messages",

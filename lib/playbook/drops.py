@@ -42,7 +42,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import journal
+from . import catalog, journal
 from .connecting import bulk_step_limits, lock_timeout_setting
 from .dependencies import (
     Dependent,
@@ -51,7 +51,7 @@ from .dependencies import (
     find_dependents,
     require_no_unlisted_dependents,
 )
-from .errors import DependentObjectsExist, ExportFailed, ExportMismatch, VerificationFailed
+from .errors import DependentObjectsExist, ExportFailed, ExportMismatch
 from .exports import (
     INCOMPLETE,
     MANIFEST,
@@ -78,7 +78,7 @@ from .names import QualifiedName
 from .pgbinaries import client_program
 from .queries import translated_errors
 from .reversal.reversible import ReversibleMigration
-from .verification import Check, checks_table
+from .verification import Check, checks_table, require_all_pass
 
 DEFAULT_LOCK_TIMEOUT = "2s"
 
@@ -216,25 +216,10 @@ def _dependent_step(dep: Dependent) -> DropStep:
 
 def _table_order(conn: psycopg.Connection, tables: list[FoundObject]) -> list[FoundObject]:
     """Children first: a table is dropped before any table its foreign keys point at."""
-    oids = {t.oid: t for t in tables}
-    edges = conn.execute(
-        "SELECT conrelid, confrelid FROM pg_constraint WHERE contype = 'f' "
-        "AND conrelid = ANY(%s) AND confrelid = ANY(%s) AND conrelid <> confrelid",
-        (list(oids), list(oids)),
-    ).fetchall()
-    referenced_by = {oid: set() for oid in oids}  # parent -> children still standing
-    for child, parent in edges:
-        referenced_by[parent].add(child)
-    ordered: list[FoundObject] = []
-    remaining = [t.oid for t in tables]
-    while remaining:
-        free = [o for o in remaining if not referenced_by[o] & set(remaining)]
-        if not free:  # a cycle of foreign keys: DROP TABLE of them all at once copes
-            free = remaining[:1]
-        for oid in free:
-            ordered.append(oids[oid])
-            remaining.remove(oid)
-    return ordered
+    by_name = {str(QualifiedName(t.obj.schema, t.obj.name)): t for t in tables}
+    ordered = catalog.children_first(conn, [QualifiedName(t.obj.schema, t.obj.name)
+                                            for t in tables])
+    return [by_name[str(name)] for name in ordered]
 
 
 def build_drop_plan(conn: psycopg.Connection, migration: Migration,
@@ -782,22 +767,17 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                         result.dropped.append(step.what)
                 result.checks = result.export_checks + _verify_after_drop(
                     conn, migration, before, plan)
-                if not all(c.passed for c in result.checks):
-                    raise _RollBack()
+                require_all_pass(
+                    result.checks, "Verification inside the transaction failed",
+                    outcome="The transaction was rolled back; nothing was dropped.",
+                    next_step="read the checks; find out what changed the protected tables "
+                    "before running again.")
             # From the first DROP (ACCESS EXCLUSIVE) to the end of COMMIT.
             finished = time.perf_counter()
             result.lock_hold_ms = (finished - started) * 1000
             if blocked is not None:
                 result.writes_blocked_ms = (finished - blocked) * 1000
             result.committed = True
-        except _RollBack:
-            failed = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
-                               for c in result.checks if not c.passed)
-            raise VerificationFailed(
-                f"Verification inside the transaction failed ({failed}). The transaction was "
-                "rolled back; nothing was dropped.",
-                next_step="read the checks; find out what changed the protected tables "
-                "before running again.") from None
         except pgerrors.DependentObjectsStillExist as exc:
             raise DependentObjectsExist(
                 f"PostgreSQL refused a drop because something else depends on it "
@@ -814,10 +794,6 @@ def _rows_dropped(export_dir: Path) -> dict[str, int]:
         return {f.table: f.rows for f in read_manifest(Path(export_dir)).files}
     except (ExportMismatch, OSError, ValueError):
         return {}
-
-
-class _RollBack(Exception):
-    """Leave the transaction block so that it rolls back."""
 
 
 def _verify_after_drop(conn: psycopg.Connection, migration: Migration,

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -559,13 +559,6 @@ def require_sound_export(folder: Path) -> Manifest:
             next_step="export again from the live data (or from a backup) before continuing.",
         )
     return manifest
-
-
-def live_counts(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> dict[str, int]:
-    return {
-        str(t): conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t.identifier)).fetchone()[0]
-        for t in tables
-    }
 
 
 def csv_columns(path: Path) -> list[str]:

@@ -8,7 +8,13 @@ import urllib.request
 
 import psycopg
 
-from .verification import Check, application_checks, project_tables_readable
+from .verification import (
+    Check,
+    application_checks,
+    checks_table,
+    project_tables_readable,
+    require_all_pass,
+)
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 
@@ -54,9 +60,7 @@ def check_application(run, health_check_url: str = "", migration: object = None)
     """Step 4 as a notebook step: the checks as a table (shown), then VerificationFailed
     if any failed. Read-only. With ``migration``, its own checks (see
     :func:`change_set_checks`); without, the demo application's document checks."""
-    from IPython.display import display
-
-    from .verification import checks_table, require_all_pass
+    from IPython.display import display  # only where a notebook shows it
 
     with run.connect(read_only=True, purpose=f"{run.notebook}:verify") as conn:
         if migration is None:
@@ -66,5 +70,5 @@ def check_application(run, health_check_url: str = "", migration: object = None)
     frame = checks_table(checks)
     if not all(c.passed for c in checks):
         display(frame)
-        require_all_pass(checks, "Application verification")
+        require_all_pass(checks, "Application verification failed")
     return frame

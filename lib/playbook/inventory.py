@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .migrations import known_migrations
 from .rehearsal import PASSED, last_rehearsal
-from .triage import migrations
 
 SAFETY = {"safe": "✅ Safe", "destructive": "❌ Destructive"}
 
@@ -29,10 +29,10 @@ def tested(notebook: str, root: Path | None = None) -> str:
 
 def inventory(root: Path | None = None) -> pd.DataFrame:
     rows = []
-    for m in migrations():
+    for m in known_migrations():
         loss = m.data_loss or "Unknown"
         rows.append({
-            "Script": f"`{m.revert}`" if m.revert else "(none)",
+            "Script": f"`{m.revert.name}`" if m.revert else "(none)",
             "Purpose": m.title,
             "Data Loss": "None" if loss.lower() == "none" else f"⚠️ {loss}",
             "Safety": SAFETY.get(m.safety, m.safety or "unknown"),

@@ -10,6 +10,7 @@ needed" (the procedure document's "relation does not exist" case), not as an err
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pglast
@@ -18,10 +19,12 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from psycopg import sql
 
+from .catalog import owned_sequences
 from .errors import ConfigurationError
-from .migrations import Migration
-from .names import QualifiedName
 from .queries import value
+
+if TYPE_CHECKING:  # migrations.Migration lists its tables through this module
+    from .migrations import Migration
 
 DEFAULT_SCHEMA = "public"
 # The order a rollback shows (and, reversed where it matters, drops) them in.
@@ -228,46 +231,6 @@ def object_oid(conn: psycopg.Connection, obj: MigrationObject) -> int | None:
     return row[0] if row else None
 
 
-def owned_sequences(conn: psycopg.Connection, table_oid: int) -> list[tuple[str, str, str]]:
-    """(schema, sequence, column) of every sequence owned by a column of the table:
-    serial and OWNED BY sequences (pg_depend 'a') and identity sequences ('i')."""
-    return [tuple(r) for r in conn.execute(
-        """
-        SELECT n.nspname, s.relname, a.attname
-        FROM pg_depend d
-        JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-        JOIN pg_namespace n ON n.oid = s.relnamespace
-        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-          AND d.refobjid = %s AND d.deptype IN ('a', 'i')
-        ORDER BY a.attnum
-        """,
-        (table_oid,),
-    ).fetchall()]
-
-
-def set_owned_sequences(conn: psycopg.Connection, table: QualifiedName) -> dict[str, int]:
-    """Every sequence owned by a column of ``table`` moved past that column's MAX; an
-    empty table's sequence set to its minimum with is_called = false. Returns the next
-    value each will hand out."""
-    oid = conn.execute("SELECT %s::regclass::oid", (table.identifier.as_string(conn),)
-                       ).fetchone()[0]
-    moved = {}
-    for schema, name, column in owned_sequences(conn, oid):
-        sequence = sql.Identifier(schema, name).as_string(conn)
-        highest = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-            sql.Identifier(column), table.identifier)).fetchone()[0]
-        minimum = conn.execute("SELECT seqmin FROM pg_sequence WHERE seqrelid = %s::regclass",
-                               (sequence,)).fetchone()[0]
-        if highest is None or highest < minimum:
-            conn.execute("SELECT setval(%s::regclass, %s, false)", (sequence, minimum))
-            moved[f"{schema}.{name}"] = minimum
-        else:
-            conn.execute("SELECT setval(%s::regclass, %s, true)", (sequence, highest))
-            moved[f"{schema}.{name}"] = highest + 1
-    return moved
-
-
 def find_in_database(conn: psycopg.Connection, migration: Migration,
                      *, count_rows: bool = True) -> Inventory:
     """The migration's objects as they stand in the target, with tables' row counts and
@@ -289,8 +252,9 @@ def find_in_database(conn: psycopg.Connection, migration: Migration,
             found.note = "absent"
         inventory.objects.append(found)
         if obj.kind == "table" and oid is not None:
-            for schema, name, column in owned_sequences(conn, oid):
-                owner = f"owned by {obj.schema}.{obj.name}.{column}"
+            for owned in owned_sequences(conn, oid):
+                schema, name = owned.schema, owned.name
+                owner = f"owned by {obj.schema}.{obj.name}.{owned.column}"
                 existing = next((f for f in inventory.objects
                                  if f.obj.kind == "sequence" and f.obj.schema == schema
                                  and f.obj.name == name), None)

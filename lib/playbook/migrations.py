@@ -1,22 +1,27 @@
 """Change sets: what the playbook knows about one migration, kept together in one folder.
 
 A change set is ``lib/playbook/migrations/<name>/`` holding ``migration.yaml`` (its title,
-the deploy and revert scripts, the tables a rollback must leave untouched) beside the SQL
-files. :func:`load_migration` takes that name, or a path to such a folder, or a path to a
-bare ``.sql`` migration file (then nothing is protected beyond what the drop plan checks).
+the deploy and revert scripts, the tables a rollback must leave untouched, the notebook
+that rolls it back, the id column a sequence change set repairs) beside the SQL files.
+:class:`Migration` is the one model of it: triage, the inventory, the sequence rollback
+and the drop all read it from here. :func:`load_migration` takes that name, or a path to
+such a folder, or a path to a bare ``.sql`` migration file (then nothing is protected
+beyond what the drop plan checks).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from .errors import ConfigurationError, ObjectNotFound
-from .names import QualifiedName, parse_table_name
+from .migration_objects import parse_created_objects
+from .names import QualifiedName, parse_column_name, parse_table_name
 from .verification import NamedCheck
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -38,6 +43,21 @@ class Migration:
     # The application's checks after a rollback or recovery ("Verify Application"): the
     # change set's own, never another application's (none: every project table is read).
     checks: list[NamedCheck] = field(default_factory=list)
+    # The notebook that rolls it back (triage recommends it, the inventory names it).
+    notebook: str = ""
+    # A sequence change set: the id column (table, column) whose sequence its forward
+    # script repairs (``table``/``column`` in migration.yaml).
+    sequence_column: tuple[QualifiedName, str] | None = None
+
+    @cached_property
+    def tables(self) -> tuple[QualifiedName, ...]:
+        """The tables its deploy SQL creates (parsed, never guessed from names); for a
+        sequence change set that creates none, the table whose id it repairs."""
+        created = tuple(QualifiedName(o.schema, o.name)
+                        for o in parse_created_objects(self.deploy_sql()) if o.kind == "table")
+        if not created and self.sequence_column:
+            return (self.sequence_column[0],)
+        return created
 
     def deploy_sql(self) -> str:
         return read_sql_file(self.deploy, "The deploy script",
@@ -152,4 +172,13 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
                           for t in description.get("protected_tables") or []],
         checks=[NamedCheck.parse(item, f"{folder / DESCRIPTION}")
                 for item in description.get("checks") or []],
+        notebook=str(description.get("notebook") or ""),
+        sequence_column=(parse_table_name(str(description["table"])),
+                         parse_column_name(str(description["column"])))
+        if description.get("table") and description.get("column") else None,
     )
+
+
+def known_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Every change set under ``folder`` (by default the ones the playbook ships)."""
+    return [load_migration(spec.parent) for spec in sorted(folder.glob(f"*/{DESCRIPTION}"))]

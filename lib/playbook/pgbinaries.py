@@ -160,12 +160,6 @@ def _link_or_copy(source: str, destination: str) -> None:
     os.chmod(destination, mode | 0o444 | (0o111 if mode & 0o100 else 0))
 
 
-def available_server_majors() -> list[int]:
-    return sorted(
-        {b.major for b in candidate_bindirs() if (b.path / "initdb").exists()}, reverse=True
-    )
-
-
 def client_program(name: str, server_major: int) -> Path:
     """``pg_dump``/``pg_restore``/``psql`` new enough for a server of ``server_major``.
 

@@ -1,10 +1,10 @@
 """Bringing a rolled-back migration back with its data (the document's "Recovery").
 
 In one transaction: re-apply the migration's deploy script, re-import the export's CSV
-files parents first, move every sequence the tables own past its column's MAX (an empty
-table's sequence restarts at its minimum), then prove it: per table, the row count and
-the SHA-256 of the table written out as the export wrote it equal the manifest's. Any
-difference is a ROLLBACK. A missing, incomplete or damaged export is refused before
+files parents first, move every sequence the tables own past its column's MAX (only
+forward: a re-created empty table's stays at its minimum), then prove it: per table, the
+row count and the SHA-256 of the table written out as the export wrote it equal the
+manifest's. Any difference is a ROLLBACK. A missing, incomplete or damaged export is refused before
 anything is changed.
 
 The import loads the way pg_restore does (:func:`bulk_import`): the foreign keys and
@@ -27,8 +27,9 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
+from .catalog import advance_sequences
 from .connecting import bulk_step_limits, lock_timeout_setting
-from .drops import DEFAULT_LOCK_TIMEOUT, _RollBack, lock_scope
+from .drops import DEFAULT_LOCK_TIMEOUT, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
     INCOMPLETE,
@@ -43,12 +44,12 @@ from .exports import (
 from .gates import Gate
 from .incidents import incidents_root
 from .locks import take_playbook_lock
-from .migration_objects import find_in_database, migration_objects, set_owned_sequences
+from .migration_objects import find_in_database, migration_objects
 from .migrations import Migration
 from .names import QualifiedName, parse_table_name, table_oid
 from .queries import run_script, translated_errors
 from .reversal.reversible import ReversibleMigration
-from .verification import Check, checks_table
+from .verification import Check, checks_table, require_all_pass
 
 RECOVERY_QUESTIONS = {
     "recovery_reviewed": "Have you reviewed the recovery plan shown above?",
@@ -148,7 +149,7 @@ def recovery_plan(run, migration: Migration, folder: Path) -> pd.DataFrame:
                      "<foreign key> <pg_get_constraintdef>"})
     rows.append({"step": 3, "does": "move every owned sequence past its column's MAX",
                  "statement": "SELECT setval(<sequence the catalog names>, MAX(column)) "
-                 "(empty table: its minimum, is_called = false)"})
+                 "(only forward; an empty table's stays at its minimum)"})
     rows.append({"step": 4, "does": "prove rows and SHA-256 equal the manifest's, else "
                  "ROLLBACK", "statement": "COPY (SELECT <exported columns> FROM table) TO "
                  "STDOUT (hashed)"})
@@ -405,51 +406,46 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
     manifest = require_complete_export(migration, folder)
     result = RecoveryResult(migration.name)
     with translated_errors(conn):
-        try:
-            with conn.transaction():
-                bulk_step_limits(conn, lock_timeout)
-                take_playbook_lock(conn, lock_scope(migration))
-                holding = {f.obj.display: f.rows for f in
-                           find_in_database(conn, migration).of_kind("table") if f.rows}
-                if holding:
-                    raise PreconditionFailed(
-                        f"The migration's tables are already back and hold rows "
-                        f"({', '.join(f'{t}: {n}' for t, n in holding.items())}); importing "
-                        "the export would duplicate them. Nothing was changed.",
-                        next_step="compare the live data with the export; recovery is for "
-                        "after a rollback.")
-                run_script(conn, migration.deploy)
-                # Only the tables this migration creates are restructured for the load.
-                created = [QualifiedName(o.schema, o.name) for o in migration_objects(migration)
-                           if o.kind == "table"]
-                result.imported.update(bulk_import(conn, import_order(manifest), folder,
-                                                   manifest, set_aside_on=created))
-                for table in import_order(manifest):
-                    result.sequences.update(set_owned_sequences(conn, table))
-                settings = manifest.extra.get("session") or {}
-                for table in import_order(manifest):
-                    entry = manifest.by_table()[str(table)]
-                    rows, _size, digest = table_sha256(
-                        conn, table, csv_columns(folder / entry.file), settings)
-                    result.checks.append(Check(f"{table} rows equal the export's",
-                                               rows == entry.rows, rows, entry.rows))
-                    result.checks.append(Check(f"{table} SHA-256 equals the export's",
-                                               digest == entry.sha256, digest[:16],
-                                               entry.sha256[:16]))
-                for name, next_value in result.sequences.items():
-                    result.checks.append(Check(f"{name} hands out a new value next", True,
-                                               f"next {next_value}", "past MAX"))
-                if not all(c.passed for c in result.checks):
-                    raise _RollBack()
-            result.committed = True
-        except _RollBack:
-            failed = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
-                               for c in result.checks if not c.passed)
-            raise VerificationFailed(
-                f"The re-imported data does not equal the export ({failed}). The transaction "
-                "was rolled back; nothing was re-applied.",
-                next_step="look for triggers or defaults in the migration that rewrite rows "
-                "on insert; recover from the pg_dump archive or a backup instead.") from None
+        with conn.transaction():
+            bulk_step_limits(conn, lock_timeout)
+            take_playbook_lock(conn, lock_scope(migration))
+            holding = {f.obj.display: f.rows for f in
+                       find_in_database(conn, migration).of_kind("table") if f.rows}
+            if holding:
+                raise PreconditionFailed(
+                    f"The migration's tables are already back and hold rows "
+                    f"({', '.join(f'{t}: {n}' for t, n in holding.items())}); importing "
+                    "the export would duplicate them. Nothing was changed.",
+                    next_step="compare the live data with the export; recovery is for "
+                    "after a rollback.")
+            run_script(conn, migration.deploy)
+            # Only the tables this migration creates are restructured for the load.
+            created = [QualifiedName(o.schema, o.name) for o in migration_objects(migration)
+                       if o.kind == "table"]
+            result.imported.update(bulk_import(conn, import_order(manifest), folder,
+                                               manifest, set_aside_on=created))
+            for table in import_order(manifest):
+                result.sequences.update({p.sequence: p.next_value
+                                         for p in advance_sequences(conn, table)})
+            settings = manifest.extra.get("session") or {}
+            for table in import_order(manifest):
+                entry = manifest.by_table()[str(table)]
+                rows, _size, digest = table_sha256(
+                    conn, table, csv_columns(folder / entry.file), settings)
+                result.checks.append(Check(f"{table} rows equal the export's",
+                                           rows == entry.rows, rows, entry.rows))
+                result.checks.append(Check(f"{table} SHA-256 equals the export's",
+                                           digest == entry.sha256, digest[:16],
+                                           entry.sha256[:16]))
+            for name, next_value in result.sequences.items():
+                result.checks.append(Check(f"{name} hands out a new value next", True,
+                                           f"next {next_value}", "past MAX"))
+            require_all_pass(
+                result.checks, "The re-imported data does not equal the export",
+                outcome="The transaction was rolled back; nothing was re-applied.",
+                next_step="look for triggers or defaults in the migration that rewrite "
+                "rows on insert; recover from the pg_dump archive or a backup instead.")
+        result.committed = True
     return result
 
 

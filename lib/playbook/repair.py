@@ -34,8 +34,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import flags, journal, supabase_dumps, table_diff
-from .errors import ConfigurationError, PreconditionFailed, VerificationFailed
+from . import catalog, flags, journal, supabase_dumps, table_diff
+from .errors import ConfigurationError, PreconditionFailed
 from .fingerprint import table_checksum
 from .gates import Gate, reject_unknown_answers
 from .incidents import exports_folder, run_label
@@ -44,7 +44,7 @@ from .names import QualifiedName, parse_table_name
 from .queries import translated_errors
 from .runs import Run
 from .table_diff import ADDED, CHANGED, DELETED, KeySink, TableDiff, TableShape
-from .verification import Check, application_checks, checks_table
+from .verification import Check, application_checks, checks_table, require_all_pass
 
 MISSING, MISSING_CHANGED, REPLACE = "missing", "missing+changed", "replace"
 STRATEGIES = (MISSING, MISSING_CHANGED, REPLACE)
@@ -203,35 +203,6 @@ def _stage_whole_table(scratch: psycopg.Connection, live: psycopg.Connection,
 # --- order, triggers, sequences, the rest of the database ----------------------------------
 
 
-def parents_first(conn: psycopg.Connection, tables: Sequence[QualifiedName]
-                  ) -> list[QualifiedName]:
-    """``tables`` ordered so that a referenced table comes before its referencing ones."""
-    names = {str(t): t for t in tables}
-    edges = conn.execute(
-        """
-        SELECT cn.nspname, c.relname, pn.nspname, p.relname
-        FROM pg_constraint k
-        JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
-        JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-        WHERE k.contype = 'f' AND k.conrelid <> k.confrelid
-        """).fetchall()
-    parents = {n: set() for n in names}
-    for cs, cn, ps, pn in edges:
-        child, parent = str(QualifiedName(cs, cn)), str(QualifiedName(ps, pn))
-        if child in names and parent in names:
-            parents[child].add(parent)
-    ordered: list[QualifiedName] = []
-    placed: set[str] = set()
-    while len(ordered) < len(names):
-        ready = sorted(n for n in names if n not in placed and parents[n] <= placed)
-        if not ready:  # a cycle: deferred constraints (or the FK check) will tell
-            ready = sorted(n for n in names if n not in placed)
-        for name in ready:
-            ordered.append(names[name])
-            placed.add(name)
-    return ordered
-
-
 def _enabled_user_triggers(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
     return [r[0] for r in conn.execute(
         """
@@ -248,34 +219,6 @@ def _set_triggers(conn: psycopg.Connection, table: QualifiedName, names: list[st
     for name in names:
         conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
             table.identifier, verb, sql.Identifier(name)))
-
-
-def sequences_past_max(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
-    """Move every sequence a column of ``table`` draws from (serial, identity) past the
-    column's MAX, only ever forward. Returns what was moved."""
-    moved = []
-    columns = conn.execute(
-        """
-        SELECT a.attname, pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname),
-                                                 a.attname)
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
-        """, (table.schema, table.name)).fetchall()
-    for column, sequence in columns:
-        if sequence is None:
-            continue
-        highest = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-            sql.Identifier(column), table.identifier)).fetchone()[0]
-        last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
-            parse_table_name(sequence).identifier)).fetchone()
-        step = conn.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s::regclass",
-                            (sequence,)).fetchone()[0]
-        following = last + step if called else last
-        if highest is not None and step > 0 and highest >= following:
-            conn.execute("SELECT setval(%s::regclass, %s, true)", (sequence, highest))
-            moved.append(f"{sequence} -> {highest}")
-    return moved
 
 
 def other_tables(conn: psycopg.Connection, chosen: Sequence[QualifiedName]
@@ -380,7 +323,7 @@ def plan_repair(live: psycopg.Connection, report: table_diff.DiffReport,
     tables = [d.table for d in report.diffs]
     resolved, allowed = resolve_strategies(tables, strategy or {}, replace_despite_new_rows)
     by_name = report.by_table()
-    order = parents_first(live, tables)
+    order = catalog.parents_first(live, tables)
     plans = []
     for index, table in enumerate(order):
         diff = by_name[str(table)]
@@ -401,9 +344,6 @@ class RepairResult:
 
     def table(self) -> pd.DataFrame:
         return checks_table(self.checks)
-
-    def written_table(self) -> pd.DataFrame:
-        return pd.DataFrame([{"table": t, **c} for t, c in self.written.items()])
 
 
 def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: RepairPlan,
@@ -474,7 +414,8 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
             _set_triggers(live, item.diff.table, triggers[str(item.diff.table)], enable=True)
         live.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred FKs are checked here
         step("written")
-        moved = [m for p in plan.tables for m in sequences_past_max(live, p.diff.table)]
+        moved = [str(s) for p in plan.tables
+                 for s in catalog.advance_sequences(live, p.diff.table) if s.moved]
         for item in plan.tables:
             shape = item.diff.shape
             after = table_diff.compare_table(scratch, live, shape)
@@ -486,15 +427,10 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
                                 f"{now[0]} rows, md5 {now[1][:12]}",
                                 f"{then[0]} rows, md5 {then[1][:12]}"))
         step("verified")
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            details = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
-                                for c in failed)
-            raise VerificationFailed(
-                f"The repair did not verify inside its transaction: {details}. The transaction "
-                "was rolled back; nothing was changed.",
-                next_step="read the checks; a trigger or a concurrent writer may be at work. "
-                "Consider the full restore notebook (30_full_restore).")
+        require_all_pass(
+            checks, "The repair did not verify inside its transaction", rolled_back=True,
+            next_step="read the checks; a trigger or a concurrent writer may be at work. "
+            "Consider the full restore notebook (30_full_restore).")
     step("committed")
     return RepairResult(checks, written, moved, True)
 

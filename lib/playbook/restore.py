@@ -30,7 +30,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, connecting, flags, localdb
+from . import backups, catalog, connecting, flags, localdb
 from .backups import Backup, TestRestore
 from .errors import (
     ConfigurationError,
@@ -43,7 +43,7 @@ from .incidents import exports_folder, run_label
 from .locks import take_playbook_lock
 from .names import QualifiedName
 from .queries import table, translated_errors
-from .verification import Check, orphaned_profiles
+from .verification import Check, orphaned_profiles, require_all_pass
 
 STRATEGIES = ("in_place", "swap")
 USER_SCHEMAS_SQL = sql.SQL("""n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -90,21 +90,6 @@ def _utc(conn: psycopg.Connection) -> None:
     conn.execute("SELECT set_config('TimeZone', 'UTC', false)")
     if not conn.autocommit:
         conn.commit()
-
-
-def rows_after_backup(conn: psycopg.Connection, backup: Backup) -> pd.DataFrame:
-    """Per table with timestamp columns: how many rows were written after the backup was
-    taken (the data a full restore throws away)."""
-    _utc(conn)
-    rows = []
-    for name, columns in timestamp_columns(conn).items():
-        count = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-            name.identifier, written_after(columns, backup.taken_at))).fetchone()[0]
-        rows.append({"table": str(name), "timestamp columns": ", ".join(columns),
-                     "rows written after the backup": count})
-    conn.rollback()
-    return pd.DataFrame(rows, columns=["table", "timestamp columns",
-                                       "rows written after the backup"])
 
 
 def export_rows_after_backup(conn: psycopg.Connection, backup: Backup,
@@ -502,50 +487,15 @@ def verify_restore(conn: psycopg.Connection, backup: Backup,
 
 
 def require_restored(checks: list[Check], plan: RestorePlan | None = None) -> None:
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        details = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
-                            for c in failed)
-        blocked = (" Application connections are still blocked." if plan and plan.reopen
-                   else "")
-        raise VerificationFailed(
-            f"The restored database does not match the backup: {details}.{blocked}",
-            next_step="read the checks table; a table the backup does not have is left by "
-            "an in-place restore: restore_strategy='swap' gives an exact copy.")
+    blocked = ("Application connections are still blocked." if plan and plan.reopen
+               else "The restore itself was kept.")
+    require_all_pass(
+        checks, "The restored database does not match the backup", outcome=blocked,
+        next_step="read the checks table; a table the backup does not have is left by "
+        "an in-place restore: restore_strategy='swap' gives an exact copy.")
 
 
 # --- step 5: re-import the rows written after the backup ------------------------------
-
-
-def _primary_key(conn: psycopg.Connection, name: QualifiedName) -> list[str]:
-    rows = conn.execute("""
-        SELECT a.attname FROM pg_index i
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-        WHERE i.indrelid = %s::regclass AND i.indisprimary
-        ORDER BY array_position(i.indkey, a.attnum)""",
-        (name.identifier.as_string(conn),)).fetchall()
-    return [r[0] for r in rows]
-
-
-def _parents_first(conn: psycopg.Connection, names: list[QualifiedName]) -> list[QualifiedName]:
-    """``names`` ordered so a table comes after the tables its foreign keys point to."""
-    edges = conn.execute("""
-        SELECT format('%%I.%%I', cn.nspname, c.relname), format('%%I.%%I', pn.nspname, p.relname)
-        FROM pg_constraint k
-        JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
-        JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-        WHERE k.contype = 'f' AND k.conrelid <> k.confrelid""").fetchall()
-    by_key = {n.identifier.as_string(conn): n for n in names}
-    parents = {key: {p for c, p in edges if c == key and p in by_key} for key in by_key}
-    ordered: list[str] = []
-    while parents:
-        ready = sorted(k for k, ps in parents.items() if not ps - set(ordered))
-        if not ready:  # a cycle: keep the remaining ones in name order
-            ready = sorted(parents)
-        for key in ready:
-            ordered.append(key)
-            parents.pop(key)
-    return [by_key[k] for k in ordered]
 
 
 def _keys_from_csv(path: Path, columns: list[str]) -> list[list[str | None]]:
@@ -575,7 +525,7 @@ def review_reimport(conn: psycopg.Connection, folder: Path | str) -> pd.DataFram
     rows = []
     for entry in manifest.files:
         name = QualifiedName(entry.schema, entry.name)
-        key = _primary_key(conn, name)
+        key = catalog.primary_key(conn, name)
         present = _already_present(conn, name, key, _keys_from_csv(folder / entry.file, key))
         rows.append({"table": entry.table, "rows exported": entry.rows,
                      "key already present (skipped)": present,
@@ -598,7 +548,8 @@ def reimport_rows(conn: psycopg.Connection, folder: Path | str, *, execute: bool
     folder = Path(folder)
     manifest = require_sound_export(folder)
     expected = dict(zip(review["table"], review["rows to insert"], strict=True))
-    names = _parents_first(conn, [QualifiedName(f.schema, f.name) for f in manifest.files])
+    names = catalog.parents_first(conn, [QualifiedName(f.schema, f.name)
+                                         for f in manifest.files])
     entries = manifest.by_table()
     inserted: dict[str, int] = {}
     with translated_errors(), conn.transaction():
@@ -621,7 +572,7 @@ def reimport_rows(conn: psycopg.Connection, folder: Path | str, *, execute: bool
                 "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} "
                 "ON CONFLICT DO NOTHING").format(name.identifier, cols, cols, temp))
             inserted[str(name)] = done.rowcount
-            _sequences_past_max(conn, name)
+            catalog.advance_sequences(conn, name)
         wrong = {t: (inserted.get(t), int(n)) for t, n in expected.items()
                  if inserted.get(t) != int(n)}
         if wrong:
@@ -632,21 +583,6 @@ def reimport_rows(conn: psycopg.Connection, folder: Path | str, *, execute: bool
     conn.commit()
     review["rows inserted"] = [inserted.get(t, 0) for t in review["table"]]
     return review
-
-
-def _sequences_past_max(conn: psycopg.Connection, name: QualifiedName) -> None:
-    """Every sequence owned by a column of ``name`` (asked of the catalog) moved past the
-    column's MAX, never backwards."""
-    owned = conn.execute("""
-        SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a
-        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
-          AND pg_get_serial_sequence(%s, a.attname) IS NOT NULL""",
-        [name.identifier.as_string(conn)] * 3).fetchall()
-    for column, sequence in owned:
-        conn.execute(sql.SQL(
-            "SELECT setval(%s::regclass, m) FROM (SELECT max({}) AS m FROM {}) x "
-            "WHERE m IS NOT NULL AND m > coalesce(pg_sequence_last_value(%s::regclass), 0)"
-        ).format(sql.Identifier(column), name.identifier), [sequence, sequence])
 
 
 # --- the notebook's steps, one call per cell (``run`` from runs.begin_run) -------------

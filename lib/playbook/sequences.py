@@ -30,20 +30,20 @@ from pathlib import Path
 import pandas as pd
 import pglast
 import psycopg
-import yaml
 from psycopg import sql
 
 from . import journal
-from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, VerificationFailed
+from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed
 from .gates import Gate, reject_unknown_answers
 from .locks import take_playbook_lock
-from .migrations import load_migration
+from .migrations import Migration, load_migration
 from .names import QualifiedName, parse_column_name, parse_table_name, require_column, table_oid
 from .queries import run_script, translated_errors
 from .runs import Run
-from .verification import Check, checks_table
+from .verification import Check, checks_table, require_all_pass
 
-CHANGE_SET_DIR = Path(__file__).resolve().parent / "migrations" / "sponsor_connections_sequence"
+# The change set whose forward script step 4 re-applies (a name or a change-set folder).
+DEFAULT_CHANGE_SET = "sponsor_connections_sequence"
 DEFAULT_TABLE = "public.sponsor_connections"
 DEFAULT_COLUMN = "id"
 # The playbook lock's scope: one operator at a time works on this change set's sequence.
@@ -179,7 +179,7 @@ def _find_sequence(conn: psycopg.Connection, oid: int, table: QualifiedName,
         + ". There is nothing to reset. Nothing was changed.",
         next_step="check the table and column parameters; if the sequence of "
         "public.sponsor_connections.id itself is gone, re-apply the forward script "
-        f"{CHANGE_SET_DIR.name}/fix_sponsor_connections_sequence.sql "
+        f"{DEFAULT_CHANGE_SET}/fix_sponsor_connections_sequence.sql "
         "(psql --single-transaction -f ...).",
     )
 
@@ -450,16 +450,13 @@ def verification_checks(conn: psycopg.Connection, d: SequenceDiagnosis, *,
 
 
 def _require_verified(checks: list[Check], after: SequenceDiagnosis, what: str) -> None:
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        details = "; ".join(f"{c.name}: observed {c.observed}" for c in failed)
-        raise VerificationFailed(
-            f"{what} did not verify: {details}. The transaction was rolled back (the column "
-            f"default is as before); {after.sequence} may have moved forward, which PostgreSQL "
-            "never rolls back and which only skips ids.",
-            next_step="read the checks above; if inserts still fail, re-apply the forward "
-            "script (run_recovery=True) or escalate.",
-        )
+    require_all_pass(
+        checks, f"{what} did not verify",
+        outcome=f"The transaction was rolled back (the column default is as before); "
+        f"{after.sequence} may have moved forward, which PostgreSQL never rolls back and "
+        "which only skips ids.",
+        next_step="read the checks above; if inserts still fail, re-apply the forward "
+        "script (run_recovery=True) or escalate.")
 
 
 @dataclass
@@ -493,32 +490,10 @@ def verify_sequence(run: Run, diagnosis: SequenceDiagnosis) -> Verification:
 # --- 4. recovery -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChangeSet:
-    name: str
-    title: str
-    deploy: Path
-    revert: Path
-    table: QualifiedName
-    column: str
-
-
-def load_change_set(folder: Path = CHANGE_SET_DIR) -> ChangeSet:
-    """The change set as :func:`migrations.load_migration` reads it, plus the table and
-    column its forward script repairs (``table``/``column`` in its migration.yaml)."""
-    migration = load_migration(folder)
-    described = yaml.safe_load((migration.folder / "migration.yaml").read_text())
-    return ChangeSet(
-        name=migration.name, title=migration.title, deploy=migration.deploy,
-        revert=migration.revert, table=parse_table_name(described["table"]),
-        column=parse_column_name(described["column"]),
-    )
-
-
 @dataclass
 class Recovery:
     status: str
-    change_set: ChangeSet
+    change_set: Migration
     checks: list[Check]
 
     def table(self) -> pd.DataFrame:
@@ -530,28 +505,36 @@ class Recovery:
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
-def recover_sequence(run: Run, diagnosis: SequenceDiagnosis, *,
-                     run_recovery: bool = False) -> Recovery:
-    """Step 4, "Recovery": re-apply the change set's forward script. Only in execute mode
-    with ``run_recovery``; one transaction with the locks, verified before COMMIT."""
-    change_set = load_change_set()
+def recover_sequence(run: Run, diagnosis: SequenceDiagnosis, *, run_recovery: bool = False,
+                     change_set: str | Path | Migration = DEFAULT_CHANGE_SET) -> Recovery:
+    """Step 4, "Recovery": re-apply ``change_set``'s forward script (a change set naming
+    the ``table``/``column`` it repairs). Only in execute mode with ``run_recovery``; one
+    transaction with the locks, verified before COMMIT."""
+    if not isinstance(change_set, Migration):
+        change_set = load_migration(change_set)
+    if change_set.sequence_column is None:
+        raise ConfigurationError(
+            f"The change set {change_set.name} does not name the id column its forward script "
+            "repairs. Nothing was changed.",
+            next_step="add `table:` and `column:` to its migration.yaml.")
+    table, column = change_set.sequence_column
     if not (run.executing and run_recovery):
         why = "review mode" if not run.executing else "run_recovery is False"
         return Recovery(f"not run ({why}); set run_recovery=True in execute mode to re-apply",
                         change_set, [])
-    if (diagnosis.target, diagnosis.column) != (change_set.table, change_set.column):
+    if (diagnosis.target, diagnosis.column) != (table, column):
         raise ConfigurationError(
-            f"The forward script {change_set.deploy.name} repairs {change_set.table}."
-            f"{change_set.column}, not {diagnosis.target}.{diagnosis.column}. Nothing was "
+            f"The forward script {change_set.deploy.name} repairs {table}.{column}, not "
+            f"{diagnosis.target}.{diagnosis.column}. Nothing was "
             "changed.",
             next_step="run recovery with the change set's own table and column.",
         )
     run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recovery") as conn, translated_errors():
         with conn.transaction():
-            _begin_change(conn, change_set.table)
+            _begin_change(conn, table)
             run_script(conn, change_set.deploy)
-            after = diagnose(conn, change_set.table, change_set.column)
+            after = diagnose(conn, table, column)
             checks = verification_checks(conn, after)
             _require_verified(checks, after, "The re-applied forward script")
     journal.committed("the sequence recovery", [change_set.deploy.name, str(after.sequence)],

@@ -27,6 +27,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from . import catalog
 from .errors import ObjectNotFound, PreconditionFailed
 from .exports import ExportedFile, Manifest, write_manifest
 from .fingerprint import table_checksum
@@ -144,17 +145,6 @@ def _columns(conn: psycopg.Connection, table: QualifiedName) -> list[tuple] | No
     return rows or None
 
 
-def _primary_key(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
-    return [r[0] for r in conn.execute(
-        """
-        SELECT a.attname FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary ORDER BY k.ord
-        """, (table.schema, table.name)).fetchall()]
-
-
 def table_shape(scratch: psycopg.Connection, live: psycopg.Connection,
                 table: QualifiedName) -> TableShape:
     """How ``table`` is compared; ObjectNotFound if either side lacks it."""
@@ -188,8 +178,8 @@ def table_shape(scratch: psycopg.Connection, live: psycopg.Connection,
     for name in live_by_name:
         if name not in {r[0] for r in backup_columns}:
             notes.append(f"column {name} is only live (left as it is)")
-    key_names = _primary_key(live, table)
-    if key_names and _primary_key(scratch, table) != key_names:
+    key_names = catalog.primary_key(live, table)
+    if key_names and catalog.primary_key(scratch, table) != key_names:
         notes.append("the primary key differs from the backup's; live's is used")
     if any(k not in columns for k in key_names):
         raise PreconditionFailed(

@@ -28,14 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 import psycopg
-import yaml
 from psycopg import sql
 
 from .errors import ConfigurationError, ObjectNotFound
 from .gates import NO, YES, display_replacing, normalise_answer, require_answer_mapping
-from .migration_objects import migration_objects
-from .migrations import MIGRATIONS_DIR, load_migration
-from .names import QualifiedName, parse_table_name, table_exists
+from .migrations import MIGRATIONS_DIR, Migration, known_migrations
+from .names import QualifiedName, table_exists
 from .sequences import SequenceDiagnosis, diagnose
 from .verification import orphaned_profiles
 
@@ -58,45 +56,6 @@ NO_MEANS: dict[str, str] = {
     "multiple_migrations_failed": "one migration is at fault: roll back just that one",
     "forward_fix_possible": "no forward fix is possible: a rollback is justified",
 }
-
-
-# --- what the playbook knows about each migration ---------------------------------------
-
-
-@dataclass(frozen=True)
-class Migration:
-    """A change set as triage needs it: which notebook rolls it back, and what to look at."""
-
-    name: str
-    title: str
-    notebook: str
-    safety: str
-    data_loss: str
-    revert: str
-    tables: tuple[QualifiedName, ...]
-    sequence_column: tuple[QualifiedName, str] | None = None
-
-
-def migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Every change set under ``lib/playbook/migrations`` (its migration.yaml, and the
-    tables its deploy SQL creates, parsed rather than guessed from names)."""
-    found = []
-    for spec_path in sorted(folder.glob("*/migration.yaml")):
-        change_set = load_migration(spec_path.parent)
-        spec = yaml.safe_load(spec_path.read_text()) or {}
-        tables = tuple(QualifiedName(o.schema, o.name) for o in migration_objects(change_set)
-                       if o.kind == "table")
-        column = None
-        if spec.get("table") and spec.get("column"):
-            column = (parse_table_name(spec["table"]), str(spec["column"]))
-            tables = tables or (column[0],)
-        found.append(Migration(
-            name=change_set.name, title=change_set.title, notebook=spec.get("notebook", ""),
-            safety=change_set.safety, data_loss=change_set.data_loss,
-            revert=change_set.revert.name if change_set.revert else "",
-            tables=tables, sequence_column=column,
-        ))
-    return found
 
 
 # --- what the database shows ---------------------------------------------------------------
@@ -202,7 +161,7 @@ def look_at_database(conn_or_run, folder: Path = MIGRATIONS_DIR) -> Evidence:
 
 def _look(conn: psycopg.Connection, folder: Path) -> Evidence:
     states = []
-    for migration in migrations(folder):
+    for migration in known_migrations(folder):
         present = {}
         for table in migration.tables:
             if table_exists(conn, table):

@@ -102,17 +102,23 @@ def checks_table(checks: Iterable[Check]) -> pd.DataFrame:
                         columns=["check", "result", "observed", "expected"])
 
 
-def require_all_pass(checks: Sequence[Check], what: str, *, rolled_back: bool = False) -> None:
+def require_all_pass(checks: Sequence[Check], what: str, *, rolled_back: bool = False,
+                     outcome: str = "", next_step: str = "") -> None:
+    """Raise :class:`VerificationFailed` naming every failed check (observed, expected).
+
+    ``what`` opens the message ("The repair did not verify"); ``outcome`` says what was
+    left changed (by default from ``rolled_back``); ``next_step`` what the operator does
+    next. Raised inside a ``conn.transaction()`` block, it rolls that transaction back."""
     failed = [c for c in checks if not c.passed]
     if failed:
-        state = ("The transaction was rolled back; nothing was changed." if rolled_back
-                 else "Changes made before this check were kept.")
+        state = outcome or ("The transaction was rolled back; nothing was changed."
+                            if rolled_back else "Changes made before this check were kept.")
         details = "; ".join(f"{c.name}: observed {c.observed}, expected {c.expected}"
                             for c in failed)
         raise VerificationFailed(
-            f"{what} failed: {details}. {state}",
-            next_step="read the checks table above; if the application is down, consider the "
-            "full restore notebook (30_full_restore).",
+            f"{what}: {details}. {state}",
+            next_step=next_step or "read the checks table above; if the application is down, "
+            "consider the full restore notebook (30_full_restore).",
         )
 
 

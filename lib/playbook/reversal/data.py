@@ -24,9 +24,9 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ..catalog import advance_sequences
 from ..errors import VerificationFailed
 from ..exports import ExportedFile, Manifest
-from ..migration_objects import set_owned_sequences
 from ..names import QualifiedName
 from .schema_diff import MANAGED_SCHEMAS
 
@@ -147,7 +147,7 @@ def put_back_dropped(live: psycopg.Connection, before: psycopg.Connection,
         written[str(table)] = _stream(
             before, sql.SQL("SELECT {} FROM {}").format(picked, table.identifier), live,
             sql.SQL("{} ({})").format(table.identifier, picked))
-        set_owned_sequences(live, table)
+        advance_sequences(live, table)
     triggers = _enabled_triggers(live, list(stake.dropped_columns))
     for table, trigger in triggers:
         live.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(

@@ -20,6 +20,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ..catalog import advance_sequences
 from ..connecting import bulk_step_limits
 from ..errors import ExportFailed, ExportMismatch, PreconditionFailed, VerificationFailed
 from ..exports import (
@@ -33,7 +34,6 @@ from ..exports import (
     write_manifest,
 )
 from ..locks import take_playbook_lock
-from ..migration_objects import set_owned_sequences
 from ..names import QualifiedName
 from ..verification import Check
 from .data import DataAtStake, lock_against_writes, put_back_dropped, restore_at_stake
@@ -183,7 +183,9 @@ def recover_migration(conn: psycopg.Connection, target: MigrationFile, states: S
         restored = restore_at_stake(conn, manifest, Path(export_dir))
         sequences: dict[str, int] = {}
         for name in manifest.extra["created_tables"]:
-            sequences.update(set_owned_sequences(conn, QualifiedName(*name.split(".", 1))))
+            table = QualifiedName(*name.split(".", 1))
+            sequences.update({p.sequence: p.next_value
+                              for p in advance_sequences(conn, table)})
         residual = schema_plan(conn, states.after).statements
         if residual != manifest.extra.get("drift", []):
             raise VerificationFailed(
