@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 
-from playbook import demo_app, restore
+from playbook import demo_app
 from playbook.checklists import (
     CHECKLISTS,
     CLOSING,
@@ -25,6 +25,7 @@ from playbook.exports import export_tables
 from playbook.names import QualifiedName
 from playbook.records import SUCCEEDED, run_notebook
 from playbook.runs import begin_run
+from playbook.steps import full_restore as steps30
 from playbook.timeline import build_timeline
 from playbook.verification import Check, checks_table
 
@@ -100,15 +101,15 @@ def test_an_executed_supabase_restore_waits_for_every_dashboard_step(demo_db):
     run = _run(demo_db, "execute")
     plan = SimpleNamespace(platform="supabase")
     steps = CHECKLISTS["supabase_dashboard_restore"][1]
-    partly = restore.dashboard_checklist("supabase", {"dashboard_backups_opened": "yes"})
+    partly = steps30.dashboard_checklist(run, "supabase", {"dashboard_backups_opened": "yes"})
     with pytest.raises(PreconditionFailed) as refused:
-        restore.restore_for_run(run, plan, partly)
+        steps30.restore_from_backup(run, plan, partly)
     for step in list(steps)[1:]:
         assert steps[step] in str(refused.value)
     assert steps["dashboard_backups_opened"] not in str(refused.value)
 
-    done = restore.dashboard_checklist("supabase", dict.fromkeys(steps, "yes"))
-    assert restore.restore_for_run(run, plan, done).executed is False  # done in the dashboard
+    done = steps30.dashboard_checklist(run, "supabase", dict.fromkeys(steps, "yes"))
+    assert steps30.restore_from_backup(run, plan, done).executed is False  # done in the dashboard
     assert done.require_done()["done"].all()
 
 

@@ -16,6 +16,8 @@ from playbook.errors import GateClosed
 from playbook.fingerprint import table_checksum
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
+from playbook.steps import recover_coaching_tables as steps21
+from playbook.steps import rollback_coaching_tables as steps20
 
 ROLLBACK, RECOVER = "20_rollback_coaching_tables", "21_recover_coaching_tables"
 COACHING = (("public", "sponsor_connections"), ("public", "sponsor_chat_messages"),
@@ -71,7 +73,7 @@ def test_shipped_parameters_stop_at_the_gate_before_any_change(demo_db, incident
 def test_each_stop_answer_no_closes_the_rollback_gate(demo_db, incidents, question):
     answers = {**_all_yes(ROLLBACK), question: "no"}
     run = begin_run(ROLLBACK, mode="execute", confirm_database=demo_db.name, answers=answers)
-    gate = drops.rollback_gate(run, load_migration("coaching_tables"), incidents / "x")
+    gate = steps20.gate(run, load_migration("coaching_tables"), incidents / "x")
     with pytest.raises(GateClosed) as refused:
         gate.check()
     assert set(refused.value.failing) == {question}
@@ -80,7 +82,7 @@ def test_each_stop_answer_no_closes_the_rollback_gate(demo_db, incidents, questi
 @pytest.mark.parametrize("question", list(recovery.RECOVERY_QUESTIONS))
 def test_each_recovery_answer_no_closes_the_recovery_gate(demo_db, question):
     answers = {**_all_yes(RECOVER), question: "no"}
-    gate = recovery.recovery_gate(begin_run(RECOVER, answers=answers))
+    gate = steps21.gate(begin_run(RECOVER, answers=answers))
     with pytest.raises(GateClosed):
         gate.check()
 
@@ -89,11 +91,11 @@ def test_an_export_that_no_longer_matches_fails_the_export_question(demo_db, inc
     migration = load_migration("coaching_tables")
     run = begin_run(ROLLBACK, answers=_all_yes(ROLLBACK))
     folder = incidents / "old"
-    drops.export_migration_data(run, migration, folder, archive=False, show_progress=False)
+    steps20.export_data(run, migration, folder, archive=False, show_progress=False)
     with demo_db.connect() as conn:
         conn.execute("DELETE FROM public.sponsor_visible_memos WHERE id = 1")
         conn.commit()
-    gate = drops.rollback_gate(run, migration, folder)
+    gate = steps20.gate(run, migration, folder)
     with pytest.raises(GateClosed, match="39 rows live"):
         gate.check()
 

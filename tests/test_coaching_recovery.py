@@ -19,6 +19,7 @@ from playbook.migrations import load_migration
 from playbook.names import QualifiedName
 from playbook.queries import run_script
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 COACHING = (("public", "sponsor_connections"), ("public", "sponsor_chat_messages"),
             ("public", "sponsor_visible_memos"))
@@ -39,7 +40,7 @@ def rolled_back(demo_db, coaching, tmp_path) -> tuple[Path, dict]:
     """Exported and dropped; returns the export folder and the checksums taken before."""
     checksums = _checksums(demo_db)
     folder = tmp_path / "export"
-    drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                                 show_progress=False)
     with demo_db.connect() as conn:
         assert drops.perform_drop(conn, coaching, folder).committed
@@ -60,7 +61,7 @@ def test_recovered_sequences_hand_out_ids_past_max_and_empty_tables_restart(
         conn.execute("DELETE FROM public.sponsor_chat_messages")
         conn.commit()
     folder = tmp_path / "export"
-    drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                                 show_progress=False)
     with demo_db.connect() as conn:
         drops.perform_drop(conn, coaching, folder)
@@ -108,7 +109,7 @@ def test_recovery_refuses_a_missing_export(coaching, tmp_path):
 
 def test_recovery_refuses_when_the_tables_are_back_with_rows(demo_db, coaching, tmp_path):
     folder = tmp_path / "export"
-    drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                                 show_progress=False)
     before = demo_db.fingerprint()
     with pytest.raises(PreconditionFailed, match="would duplicate"):
@@ -182,7 +183,7 @@ def test_schema_after_recovery_equals_schema_after_a_plain_migration_apply(
     assert any(k.startswith("internal trigger of public.sponsor_chat_messages") and
                " on public.profiles " in k for k in applied)
     folder = tmp_path / "export"
-    drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                                 show_progress=False)
     with demo_db.connect() as conn:
         assert drops.perform_drop(conn, coaching, folder).committed

@@ -25,6 +25,7 @@ from playbook.locks import take_playbook_lock
 from playbook.migration_objects import find_in_database, parse_created_objects
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 COACHING = ("public.sponsor_connections", "public.sponsor_chat_messages",
             "public.sponsor_visible_memos")
@@ -39,7 +40,7 @@ def coaching():
 def exported(demo_db, coaching, tmp_path) -> Path:
     run = begin_run("20_rollback_coaching_tables")
     folder = tmp_path / "export"
-    drops.export_migration_data(run, coaching, folder, show_progress=False)
+    steps20.export_data(run, coaching, folder, show_progress=False)
     return folder
 
 
@@ -253,7 +254,7 @@ def test_an_injection_string_as_a_dependent_name_changes_nothing(demo_db, coachi
 
 def test_review_plan_shows_the_statements_execute_runs_children_first(demo_db, coaching):
     run = begin_run("20_rollback_coaching_tables")
-    plan = drops.review_drop(run, coaching)
+    plan = steps20.plan_drop(run, coaching)
     text = plan.sql_text()
     assert "CASCADE" not in text
     assert text.index('"sponsor_chat_messages"') < text.index('DROP TABLE "public".'
@@ -395,7 +396,7 @@ def test_a_named_foreign_key_of_a_protected_table_goes_and_the_proof_expects_it(
         conn.commit()
     run = begin_run("20_rollback_coaching_tables")
     folder = tmp_path / "export"
-    drops.export_migration_data(run, coaching, folder, show_progress=False, archive=False)
+    steps20.export_data(run, coaching, folder, show_progress=False, archive=False)
     label = "table constraint virtues_coach_connection_fkey on public.virtues"
     with pytest.raises(DependentObjectsExist, match="virtues_coach_connection_fkey"):
         with demo_db.connect() as conn:
@@ -524,7 +525,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_any_file_is_written(
     monkeypatch.setattr(pgbinaries, "candidate_bindirs", lambda: older)
     folder = tmp_path / "export"
     with pytest.raises(ToolTooOld, match="older than the server"):
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
     assert not folder.exists()  # no CSV-only export is left for a drop to accept
     with pytest.raises(ExportMismatch), demo_db.connect() as conn:
         drops.perform_drop(conn, coaching, folder)
@@ -534,7 +535,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_any_file_is_written(
 def test_the_rollback_reports_how_long_it_held_the_tables_locked(demo_db, coaching, exported):
     run = begin_run("20_rollback_coaching_tables", mode="execute",
                     confirm_database=demo_db.name)
-    frame = drops.rollback(run, coaching, exported)
+    frame = steps20.perform_rollback(run, coaching, exported)
     held = frame.attrs["lock_hold_ms"]
     assert held > 0
     blocked = frame.attrs["writes_blocked_ms"]
@@ -553,7 +554,7 @@ def test_an_export_folder_that_cannot_be_created_is_one_playbook_error(demo_db, 
     folder = tmp_path / "a-file" / "export"
     run = begin_run("20_rollback_coaching_tables")
     with pytest.raises(ExportFailed, match="nothing was dropped or changed") as failed:
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
     assert "choose another export_dir" in str(failed.value)
     assert demo_db.fingerprint() == before
 
@@ -564,7 +565,7 @@ def test_before_the_export_the_gate_says_it_will_be_verified_and_the_drop_still_
     run = begin_run("20_rollback_coaching_tables", mode="execute",
                     confirm_database=demo_db.name, answers=answers)
     folder = tmp_path / "not-exported-yet"
-    gate = drops.rollback_gate(run, coaching, folder)
+    gate = steps20.gate(run, coaching, folder)
     row = gate.table().set_index("question").loc["data_exported"]
     # Nothing can be verified yet (notebook 20 exports after this gate): no claim of it.
     assert row["verified"] == "" and "verified before the drop" in row["asked"]
@@ -572,14 +573,15 @@ def test_before_the_export_the_gate_says_it_will_be_verified_and_the_drop_still_
     gate.check()  # the operator's yes opens the gate...
     before = demo_db.fingerprint()
     with pytest.raises(ExportMismatch, match="No export manifest"):
-        drops.rollback(run, coaching, folder)  # ...but the drop refuses without the export
+        # ...but the drop refuses without the export
+        steps20.perform_rollback(run, coaching, folder)
     assert demo_db.fingerprint() == before
 
 
 def test_after_the_export_the_gate_shows_the_export_verified(demo_db, coaching, exported):
     run = begin_run("20_rollback_coaching_tables",
                     answers={qid: "yes" for qid in drops.STOP_QUESTIONS})
-    row = drops.rollback_gate(run, coaching, exported).table().set_index(
+    row = steps20.gate(run, coaching, exported).table().set_index(
         "question").loc["data_exported"]
     assert row["verified"] == "pass" and row["evidence"].startswith("verified:")
 

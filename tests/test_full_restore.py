@@ -17,9 +17,10 @@ import yaml
 from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
 from playbook import backups, connecting, localdb, restore
 from playbook.errors import ConfigurationError
+from playbook.steps import full_restore as steps30
 
 STEM = "30_full_restore"
-EVERY_YES = {qid: "yes" for qid in restore.GATE_QUESTIONS}
+EVERY_YES = {qid: "yes" for qid in steps30.GATE_QUESTIONS}
 
 
 def damage_and_write_after_backup(db) -> None:
@@ -70,8 +71,9 @@ def test_full_restore_brings_back_exactly_the_backup_and_keeps_what_came_after(
     text = run.outputs_text()
     assert "Restore verified: every check passed" in text
     assert connecting.parse(db.url)["password"] not in run.path.read_text()
-    # The rows written after the backup were exported with their checksums...
-    folder = tmp_path / "exports" / f"{STEM}-INC-30" / "rows_after_backup"
+    # The rows written after the backup were exported with their checksums, into the
+    # export_dir given...
+    folder = tmp_path / "exports"
     manifest = restore.require_sound_export(folder)
     assert manifest.by_table()["public.sponsor_chat_messages"].rows == 7
     # ...and go back in: only those, nothing overwritten.

@@ -6,6 +6,8 @@ import pytest
 
 from playbook.errors import ConfigurationError, GateClosed, WrongDatabase
 from playbook.gates import Gate, confirm_target, reject_unknown_answers, require_mode
+from playbook.steps import rollback_coaching_tables as steps20
+from playbook.steps import rollback_sequence as steps10
 
 QUESTIONS = {
     "recent_backup": "Do you have a recent database backup?",
@@ -117,27 +119,26 @@ def test_a_step_that_changes_the_database_refuses_while_a_gate_of_its_run_is_clo
     run = begin_run("10_rollback_sequence", mode="execute", confirm_database=demo_db.name)
     with run.connect() as conn:
         diagnosis = sequences.diagnose(conn, QualifiedName("public", "sponsor_connections"), "id")
-    gate = sequences.sequence_gate({"issue_confirmed": "yes", "team_notified": "no"}, diagnosis)
+    gate = steps10.gate(run, diagnosis, {"issue_confirmed": "yes", "team_notified": "no"})
     assert run.gates == [gate]
     with pytest.raises(GateClosed, match="team_notified"):
-        sequences.run_rollback(run, diagnosis)  # gate.check() was skipped, as in the race
+        steps10.run_rollback(run, diagnosis)  # gate.check() was skipped, as in the race
     assert demo_db.fingerprint() == before
 
-    sequences.sequence_gate({"issue_confirmed": "yes", "team_notified": "yes"}, diagnosis)
+    steps10.gate(run, diagnosis, {"issue_confirmed": "yes", "team_notified": "yes"})
     assert len(run.gates) == 1, "re-running the gate's cell replaces the earlier gate"
-    outcome = sequences.run_rollback(run, diagnosis)
+    outcome = steps10.run_rollback(run, diagnosis)
     assert demo_db.fingerprint() != before, outcome
 
 
 
 def test_the_coaching_export_refuses_while_the_stop_gate_is_closed(demo_db, tmp_path):
-    from playbook import drops
     from playbook.migrations import load_migration
     from playbook.runs import begin_run
 
     run = begin_run("20_rollback_coaching_tables", mode="execute", confirm_database=demo_db.name)
     change_set = load_migration("coaching_tables")
-    drops.rollback_gate(run, change_set, tmp_path / "exports")  # nothing answered
+    steps20.gate(run, change_set, tmp_path / "exports")  # nothing answered
     with pytest.raises(GateClosed, match="recent_backup: unanswered"):
-        drops.export_migration_data(run, change_set, tmp_path / "exports", show_progress=False)
+        steps20.export_data(run, change_set, tmp_path / "exports", show_progress=False)
     assert not (tmp_path / "exports").exists()

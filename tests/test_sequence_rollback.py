@@ -21,6 +21,7 @@ from playbook.errors import (
 )
 from playbook.locks import lock_key
 from playbook.runs import begin_run
+from playbook.steps import rollback_sequence as steps10
 
 STEM = "10_rollback_sequence"
 # The document's step 4 insert, with real profile ids (the foreign keys refuse random ones).
@@ -50,15 +51,15 @@ def _app_insert_works(database) -> int:
 
 def _rollback(database, table: str = sequences.DEFAULT_TABLE, column: str = "id"):
     run = _run(database)
-    diagnosis = sequences.diagnose_sequence(run, table, column)
-    return sequences.run_rollback(run, diagnosis)
+    diagnosis = steps10.verify_the_issue(run, table, column)
+    return steps10.run_rollback(run, diagnosis)
 
 
 # --- step 1: verify the issue ----------------------------------------------------------
 
 
 def test_the_healthy_demo_is_diagnosed_healthy_with_the_sequence_from_the_catalog(demo_db):
-    d = sequences.diagnose_sequence(_run(demo_db, "review"))
+    d = steps10.verify_the_issue(_run(demo_db, "review"))
     assert str(d.sequence) == "public.sponsor_connections_id_seq"
     assert d.found_by.startswith("pg_get_serial_sequence")
     assert d.max_id == 20 and d.next_value == 21 and d.diagnosis == sequences.HEALTHY
@@ -68,7 +69,7 @@ def test_the_healthy_demo_is_diagnosed_healthy_with_the_sequence_from_the_catalo
 @pytest.mark.both_versions
 def test_a_sequence_behind_the_data_is_diagnosed_in_words(demo_db):
     _break(demo_db, "sequence-behind")
-    d = sequences.diagnose_sequence(_run(demo_db, "review"))
+    d = steps10.verify_the_issue(_run(demo_db, "review"))
     assert (d.last_value, d.is_called, d.max_id) == (1, False, 20)
     assert d.diagnosis == sequences.BEHIND
     assert "duplicate key" in d.explanation()
@@ -76,7 +77,7 @@ def test_a_sequence_behind_the_data_is_diagnosed_in_words(demo_db):
 
 def test_a_lost_default_is_diagnosed_and_the_owned_sequence_still_found(demo_db):
     _break(demo_db, "sequence-default")
-    d = sequences.diagnose_sequence(_run(demo_db, "review"))
+    d = steps10.verify_the_issue(_run(demo_db, "review"))
     assert d.diagnosis == sequences.DEFAULT_MISSING
     assert d.column_default is None and str(d.sequence) == "public.sponsor_connections_id_seq"
     assert "not-null" in d.explanation()
@@ -88,10 +89,10 @@ def test_a_sequence_named_differently_is_found_through_an_identity_column(demo_d
                      "(SEQUENCE NAME public.not_what_you_guess), label text NOT NULL)")
         conn.execute("INSERT INTO public.tickets (n, label) SELECT g, 't' FROM "
                      "generate_series(1, 7) g")  # explicit ids: the identity stays at 1
-    d = sequences.diagnose_sequence(_run(demo_db, "review"), "tickets", "n")
+    d = steps10.verify_the_issue(_run(demo_db, "review"), "tickets", "n")
     assert d.identity and str(d.sequence) == "public.not_what_you_guess"
     assert d.diagnosis == sequences.BEHIND
-    outcome = sequences.run_rollback(_run(demo_db), d)
+    outcome = steps10.run_rollback(_run(demo_db), d)
     assert outcome.after.next_value == 8 and outcome.after.healthy
 
 
@@ -101,9 +102,9 @@ def test_a_sequence_only_named_in_the_default_is_found_through_pg_depend(demo_db
         conn.execute("CREATE TABLE public.loose (id bigint PRIMARY KEY "
                      "DEFAULT nextval('public.loose_seq'), note text)")
         conn.execute("INSERT INTO public.loose (id) VALUES (1), (2), (3)")
-    d = sequences.diagnose_sequence(_run(demo_db, "review"), "public.loose")
+    d = steps10.verify_the_issue(_run(demo_db, "review"), "public.loose")
     assert str(d.sequence) == "public.loose_seq" and "default" in d.found_by
-    assert sequences.run_rollback(_run(demo_db), d).after.next_value == 4
+    assert steps10.run_rollback(_run(demo_db), d).after.next_value == 4
 
 
 # --- step 2: run the rollback ----------------------------------------------------------
@@ -151,8 +152,8 @@ def test_a_second_rollback_finds_nothing_to_do_and_changes_nothing(demo_db):
 def test_review_shows_the_statements_execute_runs_and_changes_nothing(demo_db):
     _break(demo_db, "sequence-behind")
     before = demo_db.fingerprint()
-    review = sequences.run_rollback(_run(demo_db, "review"),
-                                    sequences.diagnose_sequence(_run(demo_db, "review")))
+    review = steps10.run_rollback(_run(demo_db, "review"),
+                                  steps10.verify_the_issue(_run(demo_db, "review")))
     assert demo_db.fingerprint() == before
     shown = [s.text() for s in review.plan.steps]
     assert shown == [
@@ -205,7 +206,7 @@ def test_rollback_refuses_while_another_operator_holds_the_playbook_lock(demo_db
 def test_verification_test_insert_leaves_no_row_and_no_gap(demo_db):
     before = demo_db.fingerprint()
     run = _run(demo_db)
-    result = sequences.verify_sequence(run, sequences.diagnose_sequence(run))
+    result = steps10.verify_rollback(run, steps10.verify_the_issue(run))
     assert [c.passed for c in result.checks] == [True, True, True]
     assert "id 21" in result.checks[-1].observed
     assert demo_db.fingerprint() == before  # the MAX(id) row and the sequence untouched
@@ -214,7 +215,7 @@ def test_verification_test_insert_leaves_no_row_and_no_gap(demo_db):
 def test_verification_in_review_mode_reports_the_issue_without_raising(demo_db):
     _break(demo_db, "sequence-behind")
     run = _run(demo_db, "review")
-    result = sequences.verify_sequence(run, sequences.diagnose_sequence(run))
+    result = steps10.verify_rollback(run, steps10.verify_the_issue(run))
     assert result.table().result.tolist() == ["PASS", "FAIL", "PASS"]
     assert result.checks[-1].observed == "not run in review mode"
 
@@ -227,8 +228,8 @@ def test_recovery_reapplies_the_forward_script_from_the_change_set(demo_db):
     _break(demo_db, "sequence-default")
     _break(demo_db, "sequence-behind")
     run = _run(demo_db)
-    diagnosis = sequences.diagnose_sequence(run)
-    recovery = sequences.recover_sequence(run, diagnosis, run_recovery=True)
+    diagnosis = steps10.verify_the_issue(run)
+    recovery = steps10.recover(run, diagnosis, run_recovery=True)
     assert recovery.change_set.deploy.name == "fix_sponsor_connections_sequence.sql"
     assert "committed: healthy" in recovery.status
     assert _app_insert_works(demo_db) == 21
@@ -237,7 +238,7 @@ def test_recovery_reapplies_the_forward_script_from_the_change_set(demo_db):
 def test_recovery_is_only_shown_unless_asked_for_in_execute_mode(demo_db):
     before = demo_db.fingerprint()
     for run, flag in ((_run(demo_db, "review"), True), (_run(demo_db), False)):
-        recovery = sequences.recover_sequence(run, sequences.diagnose_sequence(run),
+        recovery = steps10.recover(run, steps10.verify_the_issue(run),
                                               run_recovery=flag)
         assert recovery.status.startswith("not run")
         assert "SET DEFAULT nextval" in recovery.table().value.str.cat()
@@ -246,9 +247,9 @@ def test_recovery_is_only_shown_unless_asked_for_in_execute_mode(demo_db):
 
 def test_recovery_refuses_a_table_its_forward_script_does_not_repair(demo_db):
     run = _run(demo_db)
-    other = sequences.diagnose_sequence(run, "public.sponsor_chat_messages")
+    other = steps10.verify_the_issue(run, "public.sponsor_chat_messages")
     with pytest.raises(ConfigurationError, match="repairs public.sponsor_connections.id"):
-        sequences.recover_sequence(run, other, run_recovery=True)
+        steps10.recover(run, other, run_recovery=True)
 
 
 # --- the gate --------------------------------------------------------------------------
@@ -256,13 +257,14 @@ def test_recovery_refuses_a_table_its_forward_script_does_not_repair(demo_db):
 
 def test_the_gate_closes_on_the_shipped_no_answers_and_shows_the_diagnosis(demo_db):
     _break(demo_db, "sequence-behind")
-    diagnosis = sequences.diagnose_sequence(_run(demo_db, "review"))
-    gate = sequences.sequence_gate({"issue_confirmed": "no", "team_notified": "no"}, diagnosis)
+    run = _run(demo_db, "review")
+    diagnosis = steps10.verify_the_issue(run)
+    gate = steps10.gate(run, diagnosis, {"issue_confirmed": "no", "team_notified": "no"})
     assert "sequence behind the data" in gate.table().evidence[0]
     with pytest.raises(GateClosed, match="issue_confirmed: answered NO"):
         gate.check()
     with pytest.raises(ConfigurationError, match="team_notifed"):
-        sequences.sequence_gate({"team_notifed": "yes"}, diagnosis)
+        steps10.gate(run, diagnosis, {"team_notifed": "yes"})
 
 
 # --- bad input: one clear error each, nothing changed ----------------------------------
@@ -286,7 +288,7 @@ def test_bad_input_is_refused_before_anything_changes(demo_db, table, column, er
     _break(demo_db, "sequence-behind")
     before = demo_db.fingerprint()
     with pytest.raises(error, match=says) as raised:
-        sequences.diagnose_sequence(_run(demo_db), table, column)
+        steps10.verify_the_issue(_run(demo_db), table, column)
     assert "Nothing was changed" in str(raised.value)
     assert demo_db.fingerprint() == before
 
@@ -299,9 +301,9 @@ def test_hostile_but_real_table_names_are_handled_as_identifiers(demo_db, name):
         conn.execute(sql.SQL("INSERT INTO public.{} (id) VALUES (1), (2)").format(
             sql.Identifier(name)))
     quoted = sql.Identifier("public", name).as_string(None)
-    d = sequences.diagnose_sequence(_run(demo_db, "review"), quoted)
+    d = steps10.verify_the_issue(_run(demo_db, "review"), quoted)
     assert d.target.name == name and d.diagnosis == sequences.BEHIND
-    outcome = sequences.run_rollback(_run(demo_db), d)
+    outcome = steps10.run_rollback(_run(demo_db), d)
     assert outcome.after.next_value == 3 and all(c.passed for c in outcome.checks)
 
 

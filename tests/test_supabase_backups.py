@@ -16,9 +16,10 @@ import pytest
 
 import supabase_shape as shape
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import localdb, restore, scratch_servers, supabase_dumps
+from playbook import localdb, scratch_servers, supabase_dumps
 from playbook.errors import ConfigurationError
 from playbook.flags import flag
+from playbook.steps import full_restore as steps30
 
 KINDS = {"pg_dump -Fc": shape.custom_archive, "supabase db dump trio": shape.cli_trio,
          "dashboard .backup.gz": shape.hosted_backup}
@@ -154,7 +155,7 @@ def test_full_restore_of_a_supabase_archive_test_restores_verifies_and_keeps_row
                      "'1 minute' FROM generate_series(1, 3) i")
     run = run_notebook("30_full_restore", tmp_path / "records", {
         "mode": "execute", "confirm_database": name,
-        "answers": {q: "yes" for q in restore.GATE_QUESTIONS}, "incident_id": "INC-15",
+        "answers": {q: "yes" for q in steps30.GATE_QUESTIONS}, "incident_id": "INC-15",
         "operator": "rehearsal", "backup_dir": str(folder), "test_restore": "true",
         "restore_strategy": "swap", "terminate_connections": True,
         "reimport_after_backup_rows": "yes", "export_dir": str(tmp_path / "exports")})

@@ -61,7 +61,7 @@ class Backup:
         return {
             "file": self.path.name,
             "kind": self.kind,
-            "taken at (UTC)": _shown(self.taken_at),
+            "taken at (UTC)": shown_time(self.taken_at),
             "size (MB)": round(self.size / 1e6, 2),
             "database": self.database,
             "server": self.server_version,
@@ -75,7 +75,7 @@ class Backup:
         return pd.DataFrame(list(row.items()), columns=["", "value"]).set_index("")
 
 
-def _shown(moment: datetime | None) -> str:
+def shown_time(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "(unknown)"
 
 
@@ -316,8 +316,8 @@ def choose_backup(folder: Path | str, *, before: str | datetime | None = None,
         else:
             older = candidates
         if not older:
-            newest = f" (the newest is {_shown(candidates[-1].taken_at)})" if candidates else ""
-            when = f" taken before {_shown(limit)}" if limit else ""
+            newest = f" (the newest is {shown_time(candidates[-1].taken_at)})" if candidates else ""
+            when = f" taken before {shown_time(limit)}" if limit else ""
             raise BackupUnusable(
                 f"No usable backup{when} in {folder}{newest}. Nothing was changed.",
                 next_step="find an older backup (Supabase dashboard, another folder), or stop: "
@@ -326,8 +326,8 @@ def choose_backup(folder: Path | str, *, before: str | datetime | None = None,
         chosen = older[-1]
     if limit is not None and chosen.taken_at >= limit:
         raise BackupUnusable(
-            f"The backup {chosen.path.name} was taken at {_shown(chosen.taken_at)} UTC, not "
-            f"before the migration ({_shown(limit)} UTC): restoring it would bring back the "
+            f"The backup {chosen.path.name} was taken at {shown_time(chosen.taken_at)} UTC, not "
+            f"before the migration ({shown_time(limit)} UTC): restoring it would bring back the "
             "broken state. Nothing was changed.",
             next_step="choose a backup taken before migration_applied_at.",
         )
@@ -377,7 +377,7 @@ def prove_readable(backup: Backup) -> Proof:
         return proof
     proof.checks.append(("header readable", True,
                          f"{backup.kind} of {backup.database!r}, PostgreSQL "
-                         f"{backup.server_version}, taken {_shown(backup.taken_at)} UTC"))
+                         f"{backup.server_version}, taken {shown_time(backup.taken_at)} UTC"))
     started = time.perf_counter()
     result = run_tool(_client("pg_restore", None), ["--file=/dev/null", str(backup.path)])
     if result.returncode != 0:

@@ -42,24 +42,20 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import catalog, journal
+from . import catalog
 from .connecting import bulk_step_limits, lock_timeout_setting
 from .dependencies import (
     Dependent,
     check_include_dependents,
-    dependents_table,
     find_dependents,
     require_no_unlisted_dependents,
 )
 from .errors import DependentObjectsExist, ExportFailed, ExportMismatch
 from .exports import (
     INCOMPLETE,
-    MANIFEST,
     Manifest,
-    dump_archive,
     export_in_transaction,
     export_statement,
-    export_tables,
     fsync_path,
     mark_complete,
     mark_superseded,
@@ -69,15 +65,12 @@ from .exports import (
     write_manifest,
 )
 from .fingerprint import table_checksum
-from .gates import Gate
-from .incidents import exports_folder
+from .incidents import export_folder
 from .locks import take_playbook_lock
 from .migration_objects import FoundObject, Inventory, find_in_database, object_oid
 from .migrations import Migration
 from .names import QualifiedName
-from .pgbinaries import client_program
 from .queries import translated_errors
-from .reversal.reversible import ReversibleMigration
 from .verification import Check, checks_table, require_all_pass
 
 DEFAULT_LOCK_TIMEOUT = "2s"
@@ -107,9 +100,7 @@ def default_export_dir(migration: Migration, incident_id: str = "",
                        export_dir: str = "") -> Path:
     """``export_dir`` if given; else the incident's ``exports/<migration>`` folder (an
     incident named after the UTC start time when there is no incident id)."""
-    if export_dir:
-        return Path(export_dir).expanduser().resolve()
-    return exports_folder(incident_id.strip(), migration.name)
+    return export_folder(export_dir, incident_id, migration.name)
 
 
 # --- the plan ---------------------------------------------------------------------------
@@ -233,7 +224,7 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
     dependents = find_dependents(conn, inventory)
     included = require_no_unlisted_dependents(dependents, include_dependents)
     plan = DropPlan(migration, inventory, dependents, included)
-    plan.before = _before_drop_steps(_export_order(conn, inventory))
+    plan.before = _before_drop_steps(export_order(conn, inventory))
     for kind, keyword in (("view", "DROP VIEW"), ("materialized view",
                                                   "DROP MATERIALIZED VIEW")):
         views = [d for d in included if d.kind == kind]
@@ -286,117 +277,19 @@ def build_drop_plan(conn: psycopg.Connection, migration: Migration,
     return plan
 
 
-def review_drop(run, migration: Migration, include_dependents: list[str] = ()) -> DropPlan:
-    """The plan, built read-only (review mode shows exactly what execute would run)."""
-    if isinstance(migration, ReversibleMigration):
-        return migration.review(run)[0]
-    with run.connect(read_only=True, purpose=f"{run.notebook}:review") as conn:
-        return build_drop_plan(conn, migration, include_dependents)
-
-
-def inspect_migration(run, migration: Migration) -> Inventory:
-    """Step 2: what the migration created, which of it exists, with row counts (for a
-    migration reversed by schema diff: the data at stake)."""
-    if isinstance(migration, ReversibleMigration):
-        return migration.review(run)[1]
-    with run.connect(read_only=True) as conn:
-        return find_in_database(conn, migration)
-
-
-def inspect_dependents(run, migration: Migration,
-                       include_dependents: list[str] = ()) -> pd.DataFrame:
-    """Step 3: what else would go. Shows the table, then raises DependentObjectsExist while
-    any outside object is not named in include_dependents."""
-    from IPython.display import display
-
-    include_dependents = check_include_dependents(include_dependents)
-    if isinstance(migration, ReversibleMigration):
-        return migration.dependents_table(run)
-    with run.connect(read_only=True) as conn:
-        dependents = find_dependents(conn, find_in_database(conn, migration,
-                                                            count_rows=False))
-    frame = dependents_table(dependents, include_dependents)
-    if dependents:
-        display(frame)
-    require_no_unlisted_dependents(dependents, include_dependents)
-    if frame.empty:
-        return pd.DataFrame([{"outside object": "(none)", "kind": "",
-                              "would be dropped": "nothing outside the migration depends on it"}])
-    return frame
-
-
 # --- the gate ---------------------------------------------------------------------------
-
-
-def rollback_gate(run, migration: Migration, export_dir: Path) -> Gate:
-    """The STOP questions and prerequisites, pre-filled from ``run.answers``.
-
-    The export question is verified against the live data when a manifest is already in
-    ``export_dir`` (a failed check closes the gate). Without one (the usual case: notebook
-    20 exports right after this gate) nothing can be verified yet, and the question says
-    so instead of showing a check: the drop itself blocks writes to the tables and takes
-    the final export before dropping anything (:func:`perform_drop`)."""
-    export_dir = Path(export_dir)
-    questions = dict(STOP_QUESTIONS)
-    if not (export_dir / MANIFEST).exists():
-        questions["data_exported"] = (
-            f"Have you exported the migration's data separately? Not verified yet: there is "
-            f"no export in {export_dir}; the next step exports it there and it will be "
-            "verified before the drop (the drop blocks writes to the tables and takes the "
-            "final export, holding every committed write, before it drops anything).")
-    gate = Gate(f"Rollback of {migration.name}: STOP", questions, run.answers)
-    if (export_dir / MANIFEST).exists():
-        if isinstance(migration, ReversibleMigration):
-            problems = migration.export_problems(export_dir)
-        else:
-            with run.connect(read_only=True) as conn:
-                problems = export_problems(conn, migration, export_dir)
-        gate.verify("data_exported", not problems,
-                    "; ".join(problems) or f"verified: the manifest in {export_dir} matches "
-                    "the live data")
-    return gate
 
 
 # --- the export -------------------------------------------------------------------------
 
 
-def export_migration_data(run, migration: Migration, export_dir: Path,
-                          *, archive: bool = True, show_progress: bool = True) -> pd.DataFrame:
-    """Step 1: every table of the migration to CSV with rows and SHA-256 in manifest.json
-    (one snapshot), plus a pg_dump custom-format archive of the tables. Read-only for the
-    database; writes only into ``export_dir``. Runs only while the run's gates are open.
-    (A migration reversed by schema diff exports what its reversal destroys beside it, as a
-    preview: its rollback exports again under its write lock, into ``export_dir``.)"""
-    if isinstance(migration, ReversibleMigration):
-        return migration.export(run, export_dir)
-    run.require_open_gates()
-    export_dir = Path(export_dir)
-    with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
-        tables = _export_order(conn, find_in_database(conn, migration, count_rows=False))
-        major = conn.info.server_version // 10000
-        conn.commit()
-        # A pg_dump too old for the server is refused before any file is written, so no
-        # CSV-only export is ever left for a drop to accept.
-        pg_dump = client_program("pg_dump", major) if archive and tables else None
-        # INCOMPLETE until the archive is written too (mark_complete below).
-        manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
-                                 f"{migration.name}", show_progress=show_progress,
-                                 extra=_export_extra(migration, tables), complete=False)
-    if archive and tables:
-        manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
-            f"{migration.name}.dump"), server_major=major, pg_dump=pg_dump)
-        write_manifest(export_dir, manifest)
-    mark_complete(export_dir, manifest)
-    return manifest_table(manifest, export_dir)
-
-
-def _export_order(conn: psycopg.Connection, inventory: Inventory) -> list[QualifiedName]:
+def export_order(conn: psycopg.Connection, inventory: Inventory) -> list[QualifiedName]:
     """The migration's tables, parents first (the order a re-import needs)."""
     return [QualifiedName(f.obj.schema, f.obj.name)
             for f in _table_order(conn, inventory.of_kind("table"))][::-1]
 
 
-def _export_extra(migration: Migration, tables: list[QualifiedName]) -> dict:
+def export_extra(migration: Migration, tables: list[QualifiedName]) -> dict:
     return {"migration": migration.name, "import_order": [str(t) for t in tables]}
 
 
@@ -444,7 +337,7 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
     manifest = export_in_transaction(
         conn, tables, staging, purpose=f"rollback of {migration.name} (final export, taken "
         "under the drop's write lock)", lock_timeout=lock_timeout,
-        extra=_export_extra(migration, tables), show_progress=show_progress)
+        extra=export_extra(migration, tables), show_progress=show_progress)
     exported = {f.table: f.rows for f in manifest.files}
     before = {f.table: (f.rows, f.sha256) for f in preliminary.files}
     after = {f.table: (f.rows, f.sha256) for f in manifest.files}
@@ -735,7 +628,7 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
                 # COMMIT compares the catalog and this transaction's own row counters.
                 before = protected_state(conn, migration,
                                          with_checksums=not counts_changes(conn))
-                tables = _export_order(conn, find_in_database(conn, migration,
+                tables = export_order(conn, find_in_database(conn, migration,
                                                               count_rows=False))
                 blocked = None
                 if tables:
@@ -787,7 +680,7 @@ def perform_drop(conn: psycopg.Connection, migration: Migration, export_dir: Pat
     return result
 
 
-def _rows_dropped(export_dir: Path) -> dict[str, int]:
+def rows_dropped(export_dir: Path) -> dict[str, int]:
     """Rows per table the drop deleted: the export's counts, which the drop proved equal
     to the live counts under its lock."""
     try:
@@ -807,34 +700,3 @@ def _verify_after_drop(conn: psycopg.Connection, migration: Migration,
     return checks + protected_tables_untouched(conn, before, plan)
 
 
-def rollback(run, migration: Migration, export_dir: Path,
-             include_dependents: list[str] = (),
-             *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
-    """Step 3, Perform: in execute mode drop (see :func:`perform_drop`); in review mode
-    say what would be dropped and change nothing."""
-    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
-    if isinstance(migration, ReversibleMigration):
-        return migration.roll_back(run, export_dir, lock_timeout=lock_timeout)
-    if not run.executing:
-        plan = review_drop(run, migration, include_dependents)
-        return pd.DataFrame([{"check": "review mode: nothing was dropped", "result": "",
-                              "observed": f"{len(plan.statements)} statements would run",
-                              "expected": "mode='execute' to perform"}])
-    run.require_open_gates()
-    with run.connect(purpose=f"{run.notebook}:drop") as conn:
-        result = perform_drop(conn, migration, export_dir, include_dependents,
-                              lock_timeout=lock_timeout)
-    if result.committed:  # what the record must say, even if nothing else can be written
-        journal.committed("the drop", result.dropped, _rows_dropped(export_dir),
-                          f"tables locked {result.lock_hold_ms:.0f} ms")
-    frame = result.table()
-    if result.committed:
-        frame = pd.concat([frame, pd.DataFrame([{
-            "check": "committed", "result": "PASS",
-            "observed": f"tables locked {result.lock_hold_ms:.0f} ms; writes to them "
-            f"blocked {result.writes_blocked_ms:.0f} ms", "expected": ""}])],
-            ignore_index=True)
-    # Attached last: pd.concat drops attrs its inputs do not share.
-    frame.attrs["lock_hold_ms"] = result.lock_hold_ms
-    frame.attrs["writes_blocked_ms"] = result.writes_blocked_ms
-    return frame

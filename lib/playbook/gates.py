@@ -84,20 +84,6 @@ def normalise_answer(question_id: str, value: object) -> str | None:
 TEAM_NOTIFIED = "team_notified"
 _SHOWN: dict[str, object] = {}
 
-# The gates of the notebook run in progress (set by runs.begin_run). Steps that change the
-# database ask them again (require_open_gates): in JupyterLab, "Run All" can still start a
-# cell queued behind a failed gate.check() when the kernel receives it late, so a closed
-# gate must stop the change itself, not only the cell order.
-_RUN_GATES: list[Gate] | None = None
-
-
-def start_run_gates() -> list:
-    """A fresh list of gates for a new notebook run; returned for the Run to keep."""
-    global _RUN_GATES
-    _RUN_GATES = []
-    return _RUN_GATES
-
-
 def require_open_gates(gates: list | None) -> None:
     """Raise GateClosed if any gate of this run is closed now (current widget answers and
     checks). Called by every step that changes the database, before it connects."""
@@ -159,10 +145,6 @@ class Gate:
         self._widgets: dict = {}
         if TEAM_NOTIFIED in self.questions:
             _notification_evidence(self)
-        if _RUN_GATES is not None:
-            # A gate re-created by re-running its cell replaces the earlier one.
-            _RUN_GATES[:] = [g for g in _RUN_GATES if g.name != self.name]
-            _RUN_GATES.append(self)
 
     def verify(self, question_id: str, passed: bool, evidence: str,
                *, decides: bool = True) -> None:

@@ -104,3 +104,13 @@ def exports_folder(incident_id: str, what: str, *, started_at: datetime | None =
                                  "changed.", next_step="report this as a bug in the playbook.")
     folder = incident_folder(incident_id, root, started_at=started_at, create=False)
     return folder / "exports" / safe
+
+
+def export_folder(export_dir: str | Path, incident_id: str, what: str, *,
+                  started_at: datetime | None = None) -> Path:
+    """The one meaning of every notebook's ``export_dir`` parameter: given, it is the folder
+    the notebook's export goes into (or, for a recovery, is read from); empty, the
+    incident's ``exports/<what>`` beside its records (:func:`exports_folder`)."""
+    if str(export_dir or "").strip():
+        return Path(export_dir).expanduser().resolve()
+    return exports_folder(incident_id.strip(), what, started_at=started_at)

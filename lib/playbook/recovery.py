@@ -26,10 +26,9 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import journal
 from .catalog import advance_sequences
 from .connecting import bulk_step_limits, lock_timeout_setting
-from .drops import DEFAULT_LOCK_TIMEOUT, lock_scope
+from .drops import DEFAULT_LOCK_TIMEOUT, default_export_dir, lock_scope
 from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
 from .exports import (
     INCOMPLETE,
@@ -37,11 +36,9 @@ from .exports import (
     Manifest,
     csv_columns,
     import_csv,
-    import_statement,
     require_sound_export,
     table_sha256,
 )
-from .gates import Gate
 from .incidents import incidents_root
 from .locks import take_playbook_lock
 from .migration_objects import find_in_database, migration_objects
@@ -67,8 +64,6 @@ def find_export(migration: Migration, export_dir: str = "", incident_id: str = "
         return Path(export_dir).expanduser().resolve()
     root = incidents_root()
     if incident_id:
-        from .drops import default_export_dir
-
         return default_export_dir(migration, incident_id)
     candidates = sorted([*root.glob(f"*/exports/{migration.name}/{MANIFEST}"),
                          *root.glob(f"*/exports/{migration.name}/{INCOMPLETE}")],
@@ -119,41 +114,6 @@ def check_export(migration: Migration, folder: Path) -> pd.DataFrame:
     if isinstance(migration, ReversibleMigration):
         return migration.check_export(folder)
     return export_table(require_complete_export(migration, folder), folder)
-
-
-def recovery_gate(run) -> Gate:
-    return Gate("Recovery: before re-applying", RECOVERY_QUESTIONS, run.answers)
-
-
-def recovery_plan(run, migration: Migration, folder: Path) -> pd.DataFrame:
-    """What execute mode will run, in order (statements rendered by the same functions)."""
-    if isinstance(migration, ReversibleMigration):
-        return migration.recovery_plan(folder)
-    manifest = require_complete_export(migration, folder)
-    with run.connect(read_only=True) as conn:
-        rows = [{"step": 1, "does": "re-apply the migration", "statement":
-                 f"(the whole deploy script {migration.deploy.name})"}]
-        rows.append({"step": 2, "does": "set aside, for the load, the foreign keys between "
-                     "the new tables and their secondary indexes (names and definitions read "
-                     "from the catalog after step 1)", "statement": "ALTER TABLE <table> DROP "
-                     "CONSTRAINT <foreign key>; DROP INDEX <index>"})
-        for table in import_order(manifest):
-            entry = manifest.by_table()[str(table)]
-            statement = import_statement(table, csv_columns(folder / entry.file))
-            rows.append({"step": 2, "does": f"re-import {entry.rows} rows into {table}",
-                         "statement": statement.as_string(conn)})
-        rows.append({"step": 2, "does": "re-create each with its exact name and definition "
-                     "(a foreign key validated in one pass), then prove constraints, indexes, "
-                     "triggers and policies identical to what step 1 created, else ROLLBACK",
-                     "statement": "<pg_get_indexdef>; ALTER TABLE <table> ADD CONSTRAINT "
-                     "<foreign key> <pg_get_constraintdef>"})
-    rows.append({"step": 3, "does": "move every owned sequence past its column's MAX",
-                 "statement": "SELECT setval(<sequence the catalog names>, MAX(column)) "
-                 "(only forward; an empty table's stays at its minimum)"})
-    rows.append({"step": 4, "does": "prove rows and SHA-256 equal the manifest's, else "
-                 "ROLLBACK", "statement": "COPY (SELECT <exported columns> FROM table) TO "
-                 "STDOUT (hashed)"})
-    return pd.DataFrame(rows, columns=["step", "does", "statement"])
 
 
 @dataclass
@@ -449,20 +409,3 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
     return result
 
 
-def recover(run, migration: Migration, folder: Path,
-            *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> pd.DataFrame:
-    """Execute mode: :func:`perform_recovery`; review mode: change nothing, say so."""
-    lock_timeout = lock_timeout_setting(lock_timeout)  # refused in review mode too
-    if isinstance(migration, ReversibleMigration):
-        return migration.recover(run, folder, lock_timeout=lock_timeout)
-    if not run.executing:
-        return pd.DataFrame([{"check": "review mode: nothing was re-applied", "result": "",
-                              "observed": "", "expected": "mode='execute' to perform"}])
-    run.require_open_gates()
-    with run.connect(purpose=f"{run.notebook}:recover") as conn:
-        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout)
-    if result.committed:
-        journal.committed("the recovery", [f"{migration.name} re-applied", *result.imported],
-                          result.imported,
-                          f"sequences moved: {', '.join(result.sequences) or 'none'}")
-    return result.table()

@@ -25,7 +25,6 @@ Review mode shows the very statements, built by the same functions.
 
 from __future__ import annotations
 
-import atexit
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,34 +33,21 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import catalog, flags, journal, supabase_dumps, table_diff
+from . import catalog, table_diff
 from .errors import ConfigurationError, PreconditionFailed
 from .fingerprint import table_checksum
-from .gates import Gate, reject_unknown_answers
-from .incidents import exports_folder, run_label
+from .incidents import export_folder, run_label
 from .locks import take_playbook_lock
 from .names import QualifiedName, parse_table_name
 from .queries import translated_errors
 from .runs import Run
 from .table_diff import ADDED, CHANGED, DELETED, KeySink, TableDiff, TableShape
-from .verification import Check, application_checks, checks_table, require_all_pass
+from .verification import Check, checks_table, require_all_pass
 
 MISSING, MISSING_CHANGED, REPLACE = "missing", "missing+changed", "replace"
 STRATEGIES = (MISSING, MISSING_CHANGED, REPLACE)
 DEFAULT_STRATEGY = MISSING_CHANGED
 LOCK_SCOPE = "31_restore_tables"
-
-GATE_QUESTIONS = {
-    "backup_before_damage": "The chosen backup was taken BEFORE the damage (its time is shown).",
-    "team_notified": "The team has been notified of this repair.",
-    "diff_reviewed": "You reviewed the diff above: the rows to bring back are the damaged ones, "
-                     "and the rows added since the backup are to be kept.",
-    "changed_after_backup_reverted": "The changed rows modified AFTER the backup (a later "
-                                     "updated_at, counted in the diff) are damage to put back, "
-                                     "not legitimate writes to keep (to keep them, choose the "
-                                     "strategy `missing` for their table).",
-}
-
 
 # --- choosing strategies ----------------------------------------------------------------
 
@@ -343,6 +329,10 @@ class RepairResult:
     committed: bool
 
     def table(self) -> pd.DataFrame:
+        if not self.committed and not self.checks:
+            return pd.DataFrame([("review mode", "nothing was changed; the statements above "
+                                  "are what execute mode runs")],
+                                columns=["", "value"]).set_index("")
         return checks_table(self.checks)
 
 
@@ -461,169 +451,9 @@ def after_checks(before: TableDiff, after: TableDiff, strategy: str) -> list[Che
     return checks
 
 
-# --- the notebook's steps ----------------------------------------------------------------------
-
-
-@dataclass
-class SurgicalRestore:
-    """One run of notebook 31: the restored backup and what was found and done."""
-
-    run: Run
-    restored: supabase_dumps.RestoredBackup
-    keep_scratch: bool
-    report: table_diff.DiffReport | None = None
-    plan: RepairPlan | None = None
-    result: RepairResult | None = None
-
-    def scratch_connection(self) -> psycopg.Connection:
-        return self.restored.scratch.connect(purpose="31_restore_tables:scratch")
-
-    def finish(self) -> pd.DataFrame:
-        """Drop the scratch database unless asked to keep it."""
-        if self.keep_scratch:
-            state = f"kept: {self.restored.scratch.describe()}"
-        else:
-            left = self.restored.scratch.drop()
-            state = f"dropped: {self.restored.scratch.describe()}"
-            if left:
-                state += (f"; placeholder roles still used elsewhere, left: {', '.join(left)}")
-            elif self.restored.script and self.restored.script.roles_created:
-                state += "; its placeholder roles removed"
-        return pd.DataFrame([("scratch database", state)], columns=["", "value"]).set_index("")
-
-
-def restore_backup(run: Run, backup_file: str, backup_kind: str = "auto",
-                   scratch_url_env: str = "", keep_scratch: bool = False,
-                   workdir: Path | None = None, *, tables: Sequence[str] = (),
-                   schemas: Sequence[str] = ()) -> SurgicalRestore:
-    """Read and restore the backup into a new scratch database (step 2). Errors that
-    cannot matter to the chosen ``tables`` (else every table of ``schemas``) are counted
-    and shown; a chosen table that does not restore whole stops here. Unless
-    ``keep_scratch``, the scratch database (and its placeholder roles) is dropped at the
-    end of the run, even when the run stops at the gate."""
-    keep_scratch = flags.flag(keep_scratch, "keep_scratch")
-    if not backup_file:
-        raise ConfigurationError(
-            "backup_file is empty. Nothing was changed.",
-            next_step="set backup_file to a pg_dump archive, a Supabase .backup(.gz) file or "
-            "the folder of roles.sql/schema.sql/data.sql.")
-    backup = supabase_dumps.read_any_backup(Path(backup_file), backup_kind)
-    restored = supabase_dumps.restore_to_scratch(backup, scratch_url_env, workdir=workdir,
-                                                 tables=tables, schemas=schemas)
-    if not keep_scratch:
-        atexit.register(_drop_quietly, restored.scratch)
-    return SurgicalRestore(run, restored, keep_scratch)
-
-
-def _drop_quietly(scratch: supabase_dumps.Scratch) -> None:
-    try:
-        scratch.drop()
-    except Exception:  # noqa: BLE001 - best effort at interpreter exit
-        pass
-
-
 def diff_export_folder(run: Run, export_dir: str | Path = "") -> Path:
-    """Where the diff is exported: by default the incident's
-    ``exports/31_restore_tables-<run start time>``; with ``export_dir``,
-    ``<export_dir>/<incident or no-incident>/31_restore_tables-<run start time>``."""
-    what = f"31_restore_tables-{run_label(run.started_at)}"
-    if not export_dir:
-        return exports_folder(run.incident_id, what, started_at=run.started_at)
-    return Path(export_dir) / (run.incident_id or "no-incident") / what
-
-
-def diff_step(job: SurgicalRestore, tables: Sequence[str], schemas: Sequence[str],
-              export_dir: str | Path) -> table_diff.DiffReport:
-    """Step 3: diff the chosen tables and export them (review and execute alike)."""
-    if not isinstance(tables, list | tuple) or not isinstance(schemas, list | tuple):
-        raise ConfigurationError("tables and schemas must be lists of names. Nothing was "
-                                 "changed.")
-    folder = diff_export_folder(job.run, export_dir)
-    with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
-        chosen = table_diff.chosen_tables(scratch, tables, schemas)
-        job.report = table_diff.diff_tables(scratch, live, chosen, folder,
-                                            backup_taken_at=job.restored.backup.taken_at)
-    return job.report
-
-
-def plan_step(job: SurgicalRestore, strategy: Mapping[str, str],
-              replace_despite_new_rows: Sequence[str]) -> RepairPlan:
-    with job.run.connect(read_only=True) as live:
-        job.plan = plan_repair(live, job.report, strategy, replace_despite_new_rows)
-    return job.plan
-
-
-def statements_step(job: SurgicalRestore) -> pd.DataFrame:
-    with job.run.connect(read_only=True) as live:
-        return job.plan.statements_table(live)
-
-
-def restore_gate(job: SurgicalRestore, answers: Mapping[str, object]) -> Gate:
-    gate = Gate("surgical restore", GATE_QUESTIONS, answers)
-    reject_unknown_answers(answers, gate)
-    backup = job.restored.backup
-    gate.verify("backup_before_damage", True,
-                f"{backup.path.name} taken {supabase_dumps.backups._shown(backup.taken_at)} UTC, "
-                f"restored into scratch: {sum(job.restored.counts.values()):,} rows")
-    refused = [p.refused for p in job.plan.tables if p.refused]
-    gate.verify("diff_reviewed", not refused, "; ".join(refused) or "every strategy is allowed")
-    gate.verify("changed_after_backup_reverted", True, changed_after_backup_evidence(job.plan))
-    return gate
-
-
-def changed_after_backup_evidence(plan: RepairPlan) -> str:
-    """What the repair would put back among rows modified after the backup, per table."""
-    parts = []
-    for item in plan.tables:
-        diff = item.diff
-        if item.strategy == MISSING or not diff.shape.has_key or not diff.changed:
-            continue
-        if diff.changed_after_backup is None:
-            parts.append(f"{diff.table}: {diff.changed} changed row(s) reverted; when they were "
-                         "modified cannot be told (no updated_at-like column)")
-        elif diff.changed_after_backup:
-            parts.append(f"{diff.table}: {diff.changed_after_backup} of {diff.changed} changed "
-                         f"row(s) to revert were modified after the backup "
-                         f"({diff.shape.modified_column} later)")
-    return "; ".join(parts) or "no row to revert was modified after the backup"
-
-
-def repair_step(job: SurgicalRestore) -> pd.DataFrame:
-    """Step 4: execute mode repairs; review mode changes nothing and says so."""
-    if not job.run.executing:
-        return pd.DataFrame([("review mode", "nothing was changed; the statements above are "
-                              "what execute mode runs")], columns=["", "value"]).set_index("")
-    job.plan.require_allowed()
-    job.run.require_open_gates()
-    with job.scratch_connection() as scratch, job.run.connect(purpose="31_restore_tables") as live:
-        job.result = execute_repair(scratch, live, job.plan)
-    changed = {t: c for t, c in job.result.written.items() if any(c.values())}
-    journal.committed("the repair", list(changed), {t: sum(c.values()) for t, c in changed.items()},
-                      "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in c.items() if n)
-                                for t, c in changed.items()))
-    return job.result.table()
-
-
-def verify_step(job: SurgicalRestore, checks_tables: Sequence[str] = ()) -> pd.DataFrame:
-    """Step 5: the document's checks (the application's tables readable: ``checks_tables``,
-    else those of the demo's that exist; users with profiles and no orphaned profiles when
-    both tables exist) and the chosen tables against the backup, as pass/fail."""
-    if not isinstance(checks_tables, list | tuple):
-        raise ConfigurationError("checks must be a list of table names. Nothing was changed.",
-                                 next_step="e.g. checks: [auth.users, public.profiles]")
-    checks: list[Check] = []
-    with job.scratch_connection() as scratch, job.run.connect(read_only=True) as live:
-        checks += application_checks(live, tables=list(checks_tables))
-        tables = [d.table for d in job.report.diffs]
-        now = table_diff.diff_tables(scratch, live, tables, None)
-        for diff in now.diffs:
-            plan = next(p for p in job.plan.tables if str(p.diff.table) == str(diff.table))
-            if not job.run.executing:
-                continue
-            if diff.shape.has_key:
-                checks.append(Check(f"{diff.table}: rows deleted since the backup are back",
-                                    diff.deleted == 0, diff.deleted, 0))
-                if plan.strategy != MISSING:
-                    checks.append(Check(f"{diff.table}: changed rows have the backup's values",
-                                        diff.changed == 0, diff.changed, 0))
-    return checks_table(checks)
+    """Where notebook 31 exports its diff: ``export_dir`` if given; by default the
+    incident's ``exports/31_restore_tables-<run start time>`` (one folder per run)."""
+    return export_folder(export_dir, run.incident_id,
+                         f"31_restore_tables-{run_label(run.started_at)}",
+                         started_at=run.started_at)

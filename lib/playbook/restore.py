@@ -30,7 +30,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, catalog, connecting, flags, localdb
+from . import backups, catalog, connecting, incidents, localdb
 from .backups import Backup, TestRestore
 from .errors import (
     ConfigurationError,
@@ -39,7 +39,7 @@ from .errors import (
     VerificationFailed,
 )
 from .exports import Manifest, export_tables, require_sound_export
-from .incidents import exports_folder, run_label
+from .incidents import run_label
 from .locks import take_playbook_lock
 from .names import QualifiedName
 from .queries import table, translated_errors
@@ -154,8 +154,6 @@ class RestorePlan:
     database_acl_before: list[tuple[str, str]] = field(default_factory=list)
     platform: str = "self_hosted"
     rendered: pd.DataFrame | None = None  # the statements as rendered by the target session
-    checks: list[Check] = field(default_factory=list)
-    verified_after: float = 0.0
 
     def table(self, conn: psycopg.Connection | None = None) -> pd.DataFrame:
         if conn is None and self.rendered is not None:
@@ -585,168 +583,15 @@ def reimport_rows(conn: psycopg.Connection, folder: Path | str, *, execute: bool
     return review
 
 
-# --- the notebook's steps, one call per cell (``run`` from runs.begin_run) -------------
-
-GATE_QUESTIONS = {
-    "backup_before_migration": "A backup exists, taken BEFORE the migration, and is readable",
-    "backup_restore_tested": "That backup has been tested and can be restored",
-    "after_backup_data_exported": "Data created AFTER the backup has been exported",
-    "no_other_way": "Multiple migrations failed / data is corrupted / the rollback scripts "
-                    "don't work: there is NO other way",
-    "data_loss_understood": "You understand what data will be lost (every row written after "
-                            "the backup)",
-    "team_notified": "The team and the users are notified of the downtime",
-    "maintenance_window_scheduled": "A maintenance window is scheduled",
-}
-
-
-def test_restore_step(run, backup: Backup, *, enabled: bool, scratch_url_env: str = "",
-                      jobs: int = 2) -> TestRestore | None:
-    """Restore the chosen backup into a scratch database (the target's server unless
-    ``scratch_url_env`` names another) and compare every count with the archive's;
-    refused when they differ. None when the operator turned it off."""
-    if not flags.flag(enabled, "test_restore"):
-        return None
-    server = backups.scratch_server_url(scratch_url_env, run.url())
-    return backups.prove_restorable(backup, server, jobs=jobs)
-
-
-def sessions_on_target(run) -> pd.DataFrame:
-    with run.connect(read_only=True) as conn:
-        return who_is_connected(conn)
+# --- where the rows written after the backup go ----------------------------------------
 
 
 def export_folder(run, export_dir: str) -> Path:
-    """Where this run exports the rows written after the backup: by default the
-    incident's ``exports/<notebook>-<run start time>/rows_after_backup`` (one folder per
-    run: a later run never overwrites an earlier run's export); with ``export_dir``,
-    ``<export_dir>/<notebook>-<incident or start time>/rows_after_backup``."""
-    if not export_dir:
-        return exports_folder(run.incident_id, f"{run.notebook}-{run_label(run.started_at)}",
-                              started_at=run.started_at) / "rows_after_backup"
-    label = run.incident_id or run_label(run.started_at)
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
-    return Path(export_dir) / f"{run.notebook}-{safe}" / "rows_after_backup"
-
-
-def export_after_backup_step(run, backup: Backup, export_dir: str) -> Manifest:
-    with run.connect(read_only=True) as conn:
-        return export_rows_after_backup(conn, backup, export_folder(run, export_dir))
-
-
-PLATFORMS = ("self_hosted", "supabase")
-
-
-def plan_for_run(run, backup: Backup, *, strategy: str, jobs: int, block_connections: bool,
-                 terminate_connections: bool, platform: str = "self_hosted") -> RestorePlan:
-    """The restore plan for the run's target. On the Supabase platform the restore
-    itself is done in the dashboard (checklist), so the plan has no statements."""
-    if platform not in PLATFORMS:
-        raise ConfigurationError(
-            f"platform must be 'self_hosted' or 'supabase', got {platform!r}. Nothing was "
-            "changed.", next_step="'supabase' when the backups live in the Supabase dashboard.")
-    block_connections = flags.flag(block_connections, "block_connections")
-    terminate_connections = flags.flag(terminate_connections, "terminate_connections")
-    with run.connect(read_only=True) as conn:
-        plan = plan_restore(conn, run.url(), backup, strategy=strategy, jobs=jobs,
-                            block_connections=block_connections,
-                            terminate_connections=terminate_connections)
-        plan.platform = platform
-        if platform == "supabase":
-            plan.steps, plan.reopen = [], []
-        plan.rendered = plan.table(conn)
-    return plan
-
-
-def restore_for_run(run, plan: RestorePlan, checklist=None) -> RestoreResult:
-    """Step 3: pg_restore (self-hosted) when executing; on the Supabase platform, the
-    dashboard checklist is recorded and must be complete before verification runs."""
-    if plan.platform == "supabase":
-        checklist.record()
-        if run.executing:
-            checklist.require_done()
-        return RestoreResult(plan, executed=False)
-    if run.executing:
-        run.require_open_gates()
-    return restore_database(plan, execute=run.executing)
-
-
-def dashboard_checklist(platform: str, checklist_answers=None):
-    """The Supabase dashboard steps as ticked widgets (shown only for that platform),
-    pre-filled from ``checklist_answers``."""
-    from .checklists import Checklist
-
-    checklist = Checklist("supabase_dashboard_restore", answers=checklist_answers)
-    if platform == "supabase":
-        checklist.show()
-    else:
-        print("Self-hosted: the restore runs pg_restore below; no dashboard steps.")
-    return checklist
-
-
-def restore_gate(run, backup: Backup, tested: TestRestore | None, manifest: Manifest):
-    """The prerequisites and the document's STOP questions; the ones a check can answer
-    carry its evidence, and a failed check closes the gate whatever was answered."""
-    from .gates import Gate, reject_unknown_answers
-
-    gate = Gate("Full database restore", GATE_QUESTIONS, run.answers)
-    reject_unknown_answers(run.answers, gate)
-    gate.verify("backup_before_migration", backup.usable,
-                f"{backup.path.name}, taken {backups._shown(backup.taken_at)} UTC")
-    gate.verify("backup_restore_tested", tested is not None and tested.passed,
-                tested.evidence() if tested else "test_restore=False: not tested in this run")
-    problems = verify_files_of(manifest)
-    rows = sum(f.rows for f in manifest.files)
-    gate.verify("after_backup_data_exported", not problems,
-                "; ".join(problems) or f"{rows} rows in {len(manifest.files)} files, "
-                "checksums in manifest.json")
-    gate.verify("data_loss_understood", True,
-                f"{rows} rows written after the backup would be lost (exported above)")
-    return gate
-
-
-def verify_files_of(manifest: Manifest) -> list[str]:
-    from .exports import verify_files
-
-    folder = Path(manifest.extra.get("folder", ""))
-    return verify_files(folder, manifest) if folder.parts else []
-
-
-def verify_for_run(run, plan: RestorePlan, tested: TestRestore | None) -> pd.DataFrame:
-    """Step 4 as a table of pass/fail; in review mode, what the checks find now (the
-    damaged state) so the operator sees what the restore will change."""
-    from .verification import checks_table
-
-    with run.connect(read_only=True) as conn:
-        # In place, CONNECT stays revoked until step 5 gives it back (and checks it there).
-        acl = plan.database_acl_before if plan.strategy == "swap" else None
-        checks = verify_restore(conn, plan.backup, tested, acl)
-    plan.checks = checks
-    elapsed = (datetime.now(UTC) - run.started_at).total_seconds()
-    shown = checks_table(checks)
-    shown.attrs["seconds_from_start"] = elapsed
-    plan.verified_after = elapsed
-    return shown
-
-
-def require_verified(run, plan: RestorePlan) -> str:
-    """Raise VerificationFailed after an executed restore whose checks failed."""
-    if run.executing:
-        require_restored(plan.checks, plan)
-        return (f"Restore verified: every check passed, {plan.verified_after:.0f}s after the "
-                "run started.")
-    failed = sum(not c.passed for c in plan.checks)
-    return (f"Review mode: nothing was restored; {failed} check(s) fail on the current "
-            "database (what the restore would fix).")
-
-
-def reimport_for_run(run, plan: RestorePlan, export_dir: str, *, enabled: bool
-                     ) -> pd.DataFrame:
-    """Review (always) and, when executing with ``enabled``, re-insert the rows
-    written after the backup."""
-    enabled = flags.flag(enabled, "reimport_after_backup_rows")
-    if run.executing and enabled:
-        run.require_open_gates()
-    with run.connect() as conn:
-        return reimport_rows(conn, export_folder(run, export_dir),
-                             execute=run.executing and enabled)
+    """Where this run exports the rows written after the backup: ``export_dir`` if given;
+    by default the incident's ``exports/<notebook>-<run start time>/rows_after_backup``
+    (one folder per run: a later run never overwrites an earlier run's export)."""
+    if str(export_dir or "").strip():
+        return incidents.export_folder(export_dir, run.incident_id, run.notebook)
+    what = f"{run.notebook}-{run_label(run.started_at)}"
+    return incidents.exports_folder(run.incident_id, what,
+                                    started_at=run.started_at) / "rows_after_backup"

@@ -22,11 +22,11 @@ import psycopg
 
 from . import connecting, journal, notify
 from .gates import (
+    Gate,
     confirm_target,
     require_answer_mapping,
     require_mode,
     require_open_gates,
-    start_run_gates,
 )
 
 
@@ -45,7 +45,17 @@ class Run:
     incident_id: str
     operator: str
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    gates: list = field(default_factory=list, repr=False)
+    # The gates asked in this run (:meth:`add_gate`). Steps that change the database ask
+    # them again (require_open_gates): in JupyterLab, "Run All" can still start a cell
+    # queued behind a failed gate.check() when the kernel receives it late, so a closed
+    # gate must stop the change itself, not only the cell order.
+    gates: list[Gate] = field(default_factory=list, repr=False)
+
+    def add_gate(self, gate: Gate) -> Gate:
+        """Keep ``gate`` for this run, replacing one of the same name (its cell re-run)."""
+        self.gates[:] = [g for g in self.gates if g.name != gate.name]
+        self.gates.append(gate)
+        return gate
 
     def require_open_gates(self) -> None:
         """Every gate of this run must be open now; called by each step that changes the
@@ -116,7 +126,6 @@ def begin_run(
         answers=dict(answers),
         incident_id=incident_id,
         operator=operator,
-        gates=start_run_gates(),
     )
     journal.begin(run)
     notify.notify_run(run, notify.STARTED, "the run started in execute mode")

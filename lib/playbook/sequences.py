@@ -23,24 +23,17 @@ Two choices differ from the document, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
-import pglast
 import psycopg
 from psycopg import sql
 
-from . import journal
-from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed
-from .gates import Gate, reject_unknown_answers
+from .errors import ObjectNotFound, PreconditionFailed
 from .locks import take_playbook_lock
-from .migrations import Migration, load_migration
-from .names import QualifiedName, parse_column_name, parse_table_name, require_column, table_oid
-from .queries import run_script, translated_errors
-from .runs import Run
-from .verification import Check, checks_table, require_all_pass
+from .names import QualifiedName, require_column, table_oid
+from .queries import translated_errors
+from .verification import Check, require_all_pass
 
 # The change set whose forward script step 4 re-applies (a name or a change-set folder).
 DEFAULT_CHANGE_SET = "sponsor_connections_sequence"
@@ -109,7 +102,7 @@ class SequenceDiagnosis:
         where = f"{self.target}.{self.column}"
         if self.healthy:
             return (f"{where} is healthy: its default calls {self.sequence}, whose next value "
-                    f"{self.next_value} is above MAX({self.column}) = {_shown(self.max_id)}.")
+                    f"{self.next_value} is above MAX({self.column}) = {shown(self.max_id)}.")
         parts = []
         if self.default_missing:
             parts.append(f"{where} has no default calling {self.sequence}: inserts that leave "
@@ -130,14 +123,14 @@ class SequenceDiagnosis:
             ("is_called", self.is_called),
             ("next value (computed, nothing consumed)", self.next_value),
             ("column default", self.column_default or "(none)"),
-            (f"MAX({self.column})", _shown(self.max_id)),
+            (f"MAX({self.column})", shown(self.max_id)),
             ("diagnosis", self.diagnosis),
             ("in words", self.explanation()),
         ]
         return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
-def _shown(value: int | None) -> str:
+def shown(value: int | None) -> str:
     return "(empty table)" if value is None else str(value)
 
 
@@ -229,14 +222,6 @@ def diagnose(conn: psycopg.Connection, table: QualifiedName, column: str) -> Seq
     )
 
 
-def diagnose_sequence(run: Run, table: str = DEFAULT_TABLE,
-                      column: str = DEFAULT_COLUMN) -> SequenceDiagnosis:
-    """Step 1, "Verify the issue": parse the names, then read everything read-only."""
-    target, column_name = parse_table_name(table), parse_column_name(column)
-    with run.connect(read_only=True, purpose=f"{run.notebook}:diagnose") as conn:
-        return diagnose(conn, target, column_name)
-
-
 # --- 2. run the rollback ---------------------------------------------------------------
 
 
@@ -300,67 +285,12 @@ def reset_plan(diagnosis: SequenceDiagnosis) -> ResetPlan:
     return plan
 
 
-@dataclass
-class RollbackOutcome:
-    mode: str
-    plan: ResetPlan
-    before: SequenceDiagnosis
-    after: SequenceDiagnosis | None
-    checks: list[Check]
-    summary: str
-
-    def table(self) -> pd.DataFrame:
-        rows = [("result", self.summary)]
-        rows += [(f"statement {i}", s.text()) for i, s in enumerate(self.plan.steps, 1)]
-        for label, attr in (("last_value", "last_value"), ("is_called", "is_called"),
-                            ("next value", "next_value"), ("column default", "column_default"),
-                            ("MAX(id)", "max_id"), ("diagnosis", "diagnosis")):
-            after = getattr(self.after, attr) if self.after else "(unchanged: review mode)"
-            rows.append((f"{label}: before -> after",
-                         f"{_shown_any(getattr(self.before, attr))} -> {_shown_any(after)}"))
-        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
-
-
-def _shown_any(value: object) -> str:
-    return "(none)" if value is None else str(value)
-
-
-def _begin_change(conn: psycopg.Connection, table: QualifiedName) -> None:
+def begin_change(conn: psycopg.Connection, table: QualifiedName) -> None:
     """The first statements of every changing transaction here: limits, the playbook's
     lock, the table lock."""
     conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
     take_playbook_lock(conn, LOCK_SCOPE)
     conn.execute(lock_table_statement(table))
-
-
-def run_rollback(run: Run, diagnosis: SequenceDiagnosis) -> RollbackOutcome:
-    """Step 2, "Run rollback": in execute mode, one transaction that locks, diagnoses
-    again (the data may have moved since step 1), runs :func:`reset_plan`, verifies and
-    only then commits. In review mode nothing is run and the plan is returned."""
-    if not run.executing:
-        plan = reset_plan(diagnosis)
-        return RollbackOutcome("review", plan, diagnosis, None, [],
-                               "review mode: nothing was changed; execute mode would run the "
-                               "statements below" if plan.steps else
-                               "review mode: nothing to do, nothing was changed")
-    run.require_open_gates()
-    with run.connect(purpose=f"{run.notebook}:rollback") as conn, translated_errors(conn):
-        with conn.transaction():
-            _begin_change(conn, diagnosis.target)
-            before = diagnose(conn, diagnosis.target, diagnosis.column)
-            plan = reset_plan(before)
-            for step in plan.steps:
-                conn.execute(step.statement)
-            after = diagnose(conn, diagnosis.target, diagnosis.column)
-            checks = verification_checks(conn, after)
-            _require_verified(checks, after, "The sequence reset")
-    summary = (f"reset committed: {before.diagnosis} -> {after.diagnosis}" if plan.steps
-               else "already healthy: nothing to reset, nothing was changed")
-    if plan.steps:
-        journal.committed("the sequence reset", [str(before.sequence), str(before.target)],
-                          {}, f"{before.diagnosis} -> {after.diagnosis}, next id "
-                          f"{after.next_value}")
-    return RollbackOutcome("execute", plan, before, after, checks, summary)
 
 
 # --- 3. verify -------------------------------------------------------------------------
@@ -420,7 +350,7 @@ def verification_checks(conn: psycopg.Connection, d: SequenceDiagnosis, *,
               d.column_default or "(none)", "identity" if d.identity else
               f"nextval of {d.sequence}"),
         Check(f"next value > MAX({d.column})", not d.behind,
-              f"next {d.next_value}, MAX {_shown(d.max_id)}", f"> {_shown(d.max_id)}"),
+              f"next {d.next_value}, MAX {shown(d.max_id)}", f"> {shown(d.max_id)}"),
     ]
     if not test_insert:
         checks.append(Check("test insert (rolled back)", True, "not run in review mode",
@@ -428,7 +358,7 @@ def verification_checks(conn: psycopg.Connection, d: SequenceDiagnosis, *,
         return checks
     if not d.default_uses_sequence:
         checks.append(Check("test insert (rolled back)", False, "not tried: no default",
-                            f"a new id > {_shown(d.max_id)}"))
+                            f"a new id > {shown(d.max_id)}"))
         return checks
     try:
         new_id, how = _test_insert(conn, d)
@@ -445,11 +375,11 @@ def verification_checks(conn: psycopg.Connection, d: SequenceDiagnosis, *,
     passed = new_id is not None and (d.max_id is None or new_id > d.max_id)
     observed = failure or f"{how}: id {new_id}; {handed_back}"
     checks.append(Check("test insert (rolled back)", passed, observed,
-                        f"a new id > {_shown(d.max_id)}"))
+                        f"a new id > {shown(d.max_id)}"))
     return checks
 
 
-def _require_verified(checks: list[Check], after: SequenceDiagnosis, what: str) -> None:
+def require_verified(checks: list[Check], after: SequenceDiagnosis, what: str) -> None:
     require_all_pass(
         checks, f"{what} did not verify",
         outcome=f"The transaction was rolled back (the column default is as before); "
@@ -457,90 +387,6 @@ def _require_verified(checks: list[Check], after: SequenceDiagnosis, what: str) 
         "which only skips ids.",
         next_step="read the checks above; if inserts still fail, re-apply the forward "
         "script (run_recovery=True) or escalate.")
-
-
-@dataclass
-class Verification:
-    mode: str
-    diagnosis: SequenceDiagnosis
-    checks: list[Check]
-
-    def table(self) -> pd.DataFrame:
-        return checks_table(self.checks)
-
-
-def verify_sequence(run: Run, diagnosis: SequenceDiagnosis) -> Verification:
-    """Step 3, "Verify rollback". Execute mode: under the locks, checks plus a test insert
-    that is rolled back (and its id handed back); raises VerificationFailed on a failure.
-    Review mode: the read-only checks, shown but not raised (the issue is expected to be
-    there, since nothing was run)."""
-    if not run.executing:
-        with run.connect(read_only=True, purpose=f"{run.notebook}:verify") as conn:
-            now = diagnose(conn, diagnosis.target, diagnosis.column)
-            return Verification("review", now, verification_checks(conn, now, test_insert=False))
-    with run.connect(purpose=f"{run.notebook}:verify") as conn, translated_errors():
-        with conn.transaction():
-            _begin_change(conn, diagnosis.target)
-            now = diagnose(conn, diagnosis.target, diagnosis.column)
-            checks = verification_checks(conn, now)
-            _require_verified(checks, now, "Verification")
-    return Verification("execute", now, checks)
-
-
-# --- 4. recovery -----------------------------------------------------------------------
-
-
-@dataclass
-class Recovery:
-    status: str
-    change_set: Migration
-    checks: list[Check]
-
-    def table(self) -> pd.DataFrame:
-        statements = pglast.split(self.change_set.deploy.read_text())
-        rows = [("status", self.status), ("forward script", self.change_set.deploy.name)]
-        rows += [(f"statement {i}", " ".join(s.split())) for i, s in enumerate(statements, 1)]
-        rows += [(f"check: {c.name}", f"{'PASS' if c.passed else 'FAIL'} ({c.observed})")
-                 for c in self.checks]
-        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
-
-
-def recover_sequence(run: Run, diagnosis: SequenceDiagnosis, *, run_recovery: bool = False,
-                     change_set: str | Path | Migration = DEFAULT_CHANGE_SET) -> Recovery:
-    """Step 4, "Recovery": re-apply ``change_set``'s forward script (a change set naming
-    the ``table``/``column`` it repairs). Only in execute mode with ``run_recovery``; one
-    transaction with the locks, verified before COMMIT."""
-    if not isinstance(change_set, Migration):
-        change_set = load_migration(change_set)
-    if change_set.sequence_column is None:
-        raise ConfigurationError(
-            f"The change set {change_set.name} does not name the id column its forward script "
-            "repairs. Nothing was changed.",
-            next_step="add `table:` and `column:` to its migration.yaml.")
-    table, column = change_set.sequence_column
-    if not (run.executing and run_recovery):
-        why = "review mode" if not run.executing else "run_recovery is False"
-        return Recovery(f"not run ({why}); set run_recovery=True in execute mode to re-apply",
-                        change_set, [])
-    if (diagnosis.target, diagnosis.column) != (table, column):
-        raise ConfigurationError(
-            f"The forward script {change_set.deploy.name} repairs {table}.{column}, not "
-            f"{diagnosis.target}.{diagnosis.column}. Nothing was "
-            "changed.",
-            next_step="run recovery with the change set's own table and column.",
-        )
-    run.require_open_gates()
-    with run.connect(purpose=f"{run.notebook}:recovery") as conn, translated_errors():
-        with conn.transaction():
-            _begin_change(conn, table)
-            run_script(conn, change_set.deploy)
-            after = diagnose(conn, table, column)
-            checks = verification_checks(conn, after)
-            _require_verified(checks, after, "The re-applied forward script")
-    journal.committed("the sequence recovery", [change_set.deploy.name, str(after.sequence)],
-                      {}, after.diagnosis)
-    return Recovery(f"forward script re-applied and committed: {after.diagnosis}",
-                    change_set, checks)
 
 
 # --- the gate --------------------------------------------------------------------------
@@ -553,13 +399,3 @@ QUESTIONS = {
 }
 
 
-def sequence_gate(answers: Mapping[str, object], diagnosis: SequenceDiagnosis) -> Gate:
-    """The questions before the reset, with the catalog's diagnosis beside the first. A
-    healthy diagnosis does not close the gate: the reset then changes nothing, and re-running
-    a safe rollback must stay possible."""
-    gate = Gate("Sequence reset", QUESTIONS, answers)
-    reject_unknown_answers(answers, gate)
-    gate.verify("issue_confirmed", True,
-                f"catalog: {diagnosis.diagnosis}" + ("" if not diagnosis.healthy
-                                                      else " (the reset will change nothing)"))
-    return gate

@@ -727,7 +727,7 @@ class RestoredBackup:
     def summary(self) -> pd.DataFrame:
         errors = self.script.errors if self.script else []
         rows = [("backup", self.backup.path.name), ("kind", self.backup.kind),
-                ("taken at (UTC)", backups._shown(self.backup.taken_at)),
+                ("taken at (UTC)", backups.shown_time(self.backup.taken_at)),
                 ("taken at: from", self.backup.taken_at_source),
                 ("scratch server", self.scratch.server.describe() if self.scratch.server
                  else connecting.summary(self.scratch.server_url)),

@@ -25,6 +25,7 @@ from bench_coaching import LoginProbe, loaded_database
 from playbook import drops
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "writes-during-drop"
@@ -104,7 +105,7 @@ def main() -> list[str]:
         application.ready.wait(30)
         with LoginProbe(url) as login:
             started = time.perf_counter()
-            drops.export_migration_data(run, migration, folder, archive=False,
+            steps20.export_data(run, migration, folder, archive=False,
                                         show_progress=False)
             step1 = time.perf_counter() - started
             time.sleep(1)  # the gate, the checklist: the application goes on writing

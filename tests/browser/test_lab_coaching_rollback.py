@@ -31,12 +31,12 @@ def test_coaching_rollback_stops_on_a_no_and_reviews_on_all_yes_in_the_browser(
     lab.run_all()
 
     # The review before the gate: the change set, what will be deleted, the drop plan.
-    plan = lab.code_cell("drops.review_drop(")
+    plan = lab.code_cell("steps.plan_drop(")
     assert lab.executed(plan)
     assert "DROP TABLE" in plan.locator(".jp-OutputArea").inner_text()
     assert lab.questions() == list(STOP)
     check = lab.code_cell("gate.check()")
-    export = lab.code_cell("drops.export_migration_data(")
+    export = lab.code_cell("steps.export_data(")
     unanswered = "\n".join(lab.errors())
     assert "GateClosed" in unanswered and "recent_backup: unanswered" in unanswered
     assert lab.held_by_the_gate(export)
@@ -56,7 +56,7 @@ def test_coaching_rollback_stops_on_a_no_and_reviews_on_all_yes_in_the_browser(
     assert lab.errors() == []
     for table in COACHING_TABLES:
         assert table in export.locator(".jp-OutputArea").inner_text()
-    perform = lab.code_cell("drops.rollback(")
+    perform = lab.code_cell("steps.perform_rollback(")
     assert "review mode: nothing was dropped" in perform.locator(".jp-OutputArea").inner_text()
     assert lab.executed(lab.code_cell("health.check_application("))
     lab.screenshot("review-after-all-yes", focus=perform)

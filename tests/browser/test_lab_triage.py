@@ -18,8 +18,8 @@ def test_triage_decision_tree_answered_in_the_browser_recommends_and_is_recorded
     lab.run_all()
 
     assert lab.questions("triage-") == list(TREE)
-    decide = lab.code_cell("questions.decide(")
-    recommendation = lab.code_cell("show_recommendation()")
+    decide = lab.code_cell("steps.decide(")
+    recommendation = lab.code_cell("steps.recommendation(")
     assert lab.errors() == []
     first = recommendation.locator(".jp-OutputArea").inner_text()
     assert "answer the triage questions" in first

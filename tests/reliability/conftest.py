@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from playbook import drops
 from playbook.exports import require_sound_export
 from playbook.migrations import Migration, load_migration
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 _EXPORTS: dict[int, Path] = {}
 
@@ -37,7 +37,7 @@ def coaching_export(demo_db, coaching, tmp_path_factory) -> Path:
     matching every fresh demo database of this server version. Treat it as read-only."""
     if demo_db.major not in _EXPORTS:
         folder = tmp_path_factory.mktemp(f"coaching-export-pg{demo_db.major}")
-        drops.export_migration_data(begin_run("20_rollback_coaching_tables"), coaching,
+        steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching,
                                     folder, show_progress=False)
         _EXPORTS[demo_db.major] = folder
     require_sound_export(_EXPORTS[demo_db.major])

@@ -27,8 +27,6 @@ from playbook import (
     pgbinaries,
     recovery,
     repair,
-    restore,
-    sequences,
 )
 from playbook.errors import (
     BackupUnusable,
@@ -45,6 +43,11 @@ from playbook.errors import (
 )
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
+from playbook.steps import full_restore as steps30
+from playbook.steps import recover_coaching_tables as steps21
+from playbook.steps import restore_tables as steps31
+from playbook.steps import rollback_coaching_tables as steps20
+from playbook.steps import rollback_sequence as steps10
 
 COACHING = load_migration("coaching_tables")
 SEQ, DROP, RECOVER, FULL, SURGICAL, TRIAGE = (
@@ -118,10 +121,10 @@ def _perform_drop_directly(c: Ctx, lock_timeout: object) -> None:
 def _gate_answers(c: Ctx, notebook: str, answers: dict):
     run = c.review(notebook, answers=answers)
     if notebook == SEQ:
-        return sequences.sequence_gate(answers, sequences.diagnose_sequence(run)).check()
+        return steps10.gate(run, steps10.verify_the_issue(run), answers).check()
     if notebook == RECOVER:
-        return recovery.recovery_gate(run).check()
-    return drops.rollback_gate(run, COACHING, c.tmp / "no-export").check()
+        return steps21.gate(run).check()
+    return steps20.gate(run, COACHING, c.tmp / "no-export").check()
 
 
 def _migration_folder(c: Ctx, description: str, deploy: bytes | None = b"") -> str:
@@ -202,19 +205,19 @@ CASES = [
                                               "team_notified": "yes"}),
          GateClosed, "recovery_reviewed: answered NO"),
     # --- names from parameters -------------------------------------------------------
-    Case("table-name-with-nul", lambda c: sequences.diagnose_sequence(
+    Case("table-name-with-nul", lambda c: steps10.verify_the_issue(
         c.review(SEQ), '"sponsor\x00connections"', "id"), ConfigurationError, "NUL"),
-    Case("column-name-with-nul", lambda c: sequences.diagnose_sequence(
+    Case("column-name-with-nul", lambda c: steps10.verify_the_issue(
         c.review(SEQ), "public.sponsor_connections", '"i\x00d"'), ConfigurationError, "NUL"),
-    Case("table-name-cyrillic-lookalike", lambda c: sequences.diagnose_sequence(
+    Case("table-name-cyrillic-lookalike", lambda c: steps10.verify_the_issue(
         c.review(SEQ), "publіc.sponsor_connections", "id"), ConfigurationError,
          "not a valid PostgreSQL object name"),
-    Case("odd-legal-name-absent", lambda c: sequences.diagnose_sequence(
+    Case("odd-legal-name-absent", lambda c: steps10.verify_the_issue(
         c.review(SEQ), '"Mixed Case"."a.b table"', "id"), ObjectNotFound, "does not exist"),
-    Case("odd-legal-name-without-sequence", lambda c: sequences.diagnose_sequence(
+    Case("odd-legal-name-without-sequence", lambda c: steps10.verify_the_issue(
         c.review(SEQ), '"My Schema"."memo.v2 table"', '"the id"'), ObjectNotFound,
          "has no sequence"),
-    Case("quoted-injection-as-column", lambda c: sequences.diagnose_sequence(
+    Case("quoted-injection-as-column", lambda c: steps10.verify_the_issue(
         c.review(SEQ), "public.sponsor_connections", '"id""; DROP TABLE public.profiles; --"'),
          ObjectNotFound, "does not exist"),
     Case("schema-injection-in-surgical-tables",
@@ -224,25 +227,25 @@ CASES = [
          lambda c: repair.resolve_strategies([], {f"public.virtues;{HOSTILE}": "missing"}, []),
          ConfigurationError, "not a valid PostgreSQL object name"),
     Case("include-dependents-not-a-list",
-         lambda c: drops.review_drop(c.review(DROP), COACHING, "view public.x"),
+         lambda c: steps20.plan_drop(c.review(DROP), COACHING, "view public.x"),
          ConfigurationError, "must be a list"),
     # --- lock_timeout: 0 waits forever, a long wait is an outage ----------------------
-    Case("lock-timeout-zero-drop", lambda c: drops.rollback(
+    Case("lock-timeout-zero-drop", lambda c: steps20.perform_rollback(
         c.execute(DROP), COACHING, c.export, lock_timeout="0"), ConfigurationError,
          "means wait forever", needs_export=True),
-    Case("lock-timeout-zero-as-a-number-recovery", lambda c: recovery.recover(
+    Case("lock-timeout-zero-as-a-number-recovery", lambda c: steps21.recover(
         c.execute(RECOVER), COACHING, c.export, lock_timeout=0), ConfigurationError,
          "means wait forever", database="half", needs_export=True),
-    Case("lock-timeout-zero-seconds-review", lambda c: drops.rollback(
+    Case("lock-timeout-zero-seconds-review", lambda c: steps20.perform_rollback(
         c.review(DROP), COACHING, c.tmp / "never", lock_timeout="0s"), ConfigurationError,
          "means wait forever"),
-    Case("lock-timeout-45s-above-the-maximum", lambda c: drops.rollback(
+    Case("lock-timeout-45s-above-the-maximum", lambda c: steps20.perform_rollback(
         c.execute(DROP), COACHING, c.export, lock_timeout="45s"), ConfigurationError,
          "maximum of 30s", needs_export=True),
-    Case("lock-timeout-one-hour-recovery", lambda c: recovery.recover(
+    Case("lock-timeout-one-hour-recovery", lambda c: steps21.recover(
         c.execute(RECOVER), COACHING, c.export, lock_timeout="1h"), ConfigurationError,
          "maximum of 30s", database="half", needs_export=True),
-    Case("lock-timeout-in-words", lambda c: recovery.recover(
+    Case("lock-timeout-in-words", lambda c: steps21.recover(
         c.review(RECOVER), COACHING, c.tmp, lock_timeout="2 seconds"), ConfigurationError,
          "not a duration"),
     Case("lock-timeout-negative-direct-drop", lambda c: _perform_drop_directly(
@@ -253,10 +256,10 @@ CASES = [
     # --- missing or unreadable files -------------------------------------------------
     Case("migration-file-missing", lambda c: load_migration("/nonexistent/migration.sql"),
          ObjectNotFound, "Nothing was changed"),
-    Case("migration-file-not-utf8", lambda c: drops.inspect_migration(
+    Case("migration-file-not-utf8", lambda c: steps20.review_what_will_be_deleted(
         c.review(DROP), load_migration(str(c.file("m.sql", b"\xff\xfe\x00garbage")))),
          ConfigurationError, "cannot be read as UTF-8"),
-    Case("migration-sql-does-not-parse", lambda c: drops.inspect_migration(
+    Case("migration-sql-does-not-parse", lambda c: steps20.review_what_will_be_deleted(
         c.review(DROP), load_migration(str(c.file("m.sql", b"CREATE TABLE x (id int;;")))),
          ConfigurationError, "does not parse"),
     Case("migration-yaml-malformed", lambda c: load_migration(
@@ -270,7 +273,7 @@ CASES = [
     Case("export-of-another-migration", lambda c: recovery.check_export(
         COACHING, _export_of_another_migration(c)), ExportMismatch, "of migration",
          needs_export=True),
-    Case("drop-without-any-export", lambda c: drops.rollback(
+    Case("drop-without-any-export", lambda c: steps20.perform_rollback(
         c.execute(DROP), COACHING, c.tmp / "never-exported"), ExportMismatch,
          "No export manifest"),
     Case("backup-folder-missing", lambda c: backups.list_backups(c.tmp / "no-backups"),
@@ -278,44 +281,44 @@ CASES = [
     Case("backup-file-garbage", lambda c: backups.choose_backup(
         c.file("x.dump", b"PGDMP-not-really").parent, backup_file="x.dump"),
          BackupUnusable, "cannot be used"),
-    Case("backup-file-missing-surgical", lambda c: repair.restore_backup(
+    Case("backup-file-missing-surgical", lambda c: steps31.restore_backup(
         c.review(SURGICAL), str(c.tmp / "nope.dump")), BackupUnusable, "does not exist"),
-    Case("backup-file-empty-parameter-surgical", lambda c: repair.restore_backup(
+    Case("backup-file-empty-parameter-surgical", lambda c: steps31.restore_backup(
         c.review(SURGICAL), ""), ConfigurationError, "backup_file is empty"),
-    Case("backup-kind-unknown", lambda c: repair.restore_backup(
+    Case("backup-kind-unknown", lambda c: steps31.restore_backup(
         c.review(SURGICAL), str(c.file("x.sql", b"SELECT 1;")), "zip"),
          ConfigurationError, "backup_kind"),
     Case("migration-time-not-a-date", lambda c: backups.choose_backup(
         c.tmp, before="yesterday after lunch"), ConfigurationError, "not an ISO date"),
-    Case("restore-strategy-unknown", lambda c: restore.plan_for_run(
+    Case("restore-strategy-unknown", lambda c: steps30.plan_restore(
         c.review(FULL), backups.Backup(backups.KIND_PG_DUMP_CUSTOM, c.tmp / "b.dump",
                                        datetime.now(UTC), 1), strategy="nuke", jobs=2,
         block_connections=False, terminate_connections=False),
          ConfigurationError, "nuke"),
     # --- tools older than the server -------------------------------------------------
-    Case("pg-dump-older-than-server", lambda c: (_old_pg_dump_only(c), drops.export_migration_data(
+    Case("pg-dump-older-than-server", lambda c: (_old_pg_dump_only(c), steps20.export_data(
         c.review(DROP), COACHING, c.tmp / "export", show_progress=False)), ToolTooOld,
          "PostgreSQL 12"),
     Case("archive-from-a-newer-pg-dump", lambda c: backups.require_tools_for(
         backups.Backup(backups.KIND_PG_DUMP_CUSTOM, c.tmp / "b.dump", datetime.now(UTC), 1,
                        tool_version="99.1"), 16), ToolTooOld, "older than the server"),
     # --- an empty database, a half-rolled-back one -----------------------------------
-    Case("empty-database-sequence-reset", lambda c: sequences.diagnose_sequence(
+    Case("empty-database-sequence-reset", lambda c: steps10.verify_the_issue(
         c.review(SEQ)), ObjectNotFound, "does not exist", database="empty"),
-    Case("empty-database-recovery", lambda c: recovery.recover(
+    Case("empty-database-recovery", lambda c: steps21.recover(
         c.execute(RECOVER), COACHING, c.export), ObjectNotFound, "profiles",
          database="empty", needs_export=True),
-    Case("empty-database-drop-without-export", lambda c: drops.rollback(
+    Case("empty-database-drop-without-export", lambda c: steps20.perform_rollback(
         c.execute(DROP), COACHING, c.tmp / "never"), ExportMismatch, "No export manifest",
          database="empty"),
-    Case("half-rolled-back-recovery-would-duplicate", lambda c: recovery.recover(
+    Case("half-rolled-back-recovery-would-duplicate", lambda c: steps21.recover(
         c.execute(RECOVER), COACHING, c.export), PreconditionFailed, "would duplicate",
          database="half", needs_export=True),
-    Case("half-rolled-back-export-is-incomplete", lambda c: (drops.export_migration_data(
+    Case("half-rolled-back-export-is-incomplete", lambda c: (steps20.export_data(
         c.review(DROP), COACHING, c.tmp / "half", archive=False, show_progress=False),
         recovery.check_export(COACHING, c.tmp / "half")), ExportMismatch,
          "incomplete: public.sponsor_chat_messages", database="half"),
-    Case("half-rolled-back-table-dropped-by-hand", lambda c: sequences.diagnose_sequence(
+    Case("half-rolled-back-table-dropped-by-hand", lambda c: steps10.verify_the_issue(
         c.review(SEQ), "public.sponsor_chat_messages", "id"), ObjectNotFound,
          "does not exist", database="half"),
 ]
@@ -369,7 +372,7 @@ def test_the_pooler_port_reads_in_review_but_refuses_execute(demo_db, pooler_url
     monkeypatch.setenv("DATABASE_URL", pooler_url)
     run = begin_run(DROP)
     assert "port=6543" in run.target
-    assert drops.review_drop(run, COACHING).statements
+    assert steps20.plan_drop(run, COACHING).statements
     with pytest.raises(UnsafeConnection, match="session settings do not hold"):
         begin_run(DROP, mode="execute", confirm_database=demo_db.name)
 

@@ -26,6 +26,7 @@ from notebook_runs import run_notebook, shipped_parameters
 from playbook import drops
 from playbook.errors import PlaybookError
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 from reliability.conftest import coaching_tables_present
 
 MESSAGES = "public.sponsor_chat_messages"
@@ -152,12 +153,12 @@ def test_no_write_committed_before_the_drop_is_missing_from_its_export(
     application = Application(demo_db.url, kind).start()
     try:
         application.wait_for(5)
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
         # The application keeps writing between the export and the drop (the gate, the
         # checklists...), then during the drop itself.
         application.wait_for(len(application.committed) + 20)
         try:
-            frame = drops.rollback(run, coaching, folder)
+            frame = steps20.perform_rollback(run, coaching, folder)
             dropped = bool((frame["check"] == "committed").any())
         except PlaybookError as exc:  # allowed: then nothing may have been dropped
             dropped, frame = False, str(exc)

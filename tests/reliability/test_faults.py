@@ -19,7 +19,7 @@ import threading
 import psycopg
 import pytest
 
-from playbook import connecting, demo_app, drops, localdb, recovery, repair, sequences, table_diff
+from playbook import connecting, demo_app, drops, localdb, recovery, repair, table_diff
 from playbook.errors import (
     ConnectionFailed,
     ExportFailed,
@@ -31,6 +31,9 @@ from playbook.errors import (
 from playbook.exports import require_sound_export
 from playbook.names import QualifiedName
 from playbook.runs import begin_run
+from playbook.steps import recover_coaching_tables as steps21
+from playbook.steps import rollback_coaching_tables as steps20
+from playbook.steps import rollback_sequence as steps10
 from reliability.conftest import coaching_tables_present, mounted_tmpfs
 from reliability.instrument import InstrumentedRun, Tripwire, instrument, terminator
 
@@ -73,7 +76,7 @@ def test_killing_the_drop_at_each_step_leaves_the_database_untouched(
     tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
     run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
     with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
-        drops.rollback(run, coaching, coaching_export)
+        steps20.perform_rollback(run, coaching, coaching_export)
     assert tripwire.fired_at, f"the step {step!r} was never reached"
     assert demo_db.fingerprint() == before  # untouched: all three tables, every row
     assert len(coaching_tables_present(demo_db)) == 3
@@ -111,7 +114,7 @@ def test_killing_the_recovery_at_each_step_leaves_the_migration_absent_and_the_e
     tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
     run = InstrumentedRun.wrap(_executing(demo_db, "21_recover_coaching_tables"), tripwire)
     with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
-        recovery.recover(run, coaching, coaching_export)
+        steps21.recover(run, coaching, coaching_export)
     assert tripwire.fired_at, f"the step {step!r} was never reached"
     assert demo_db.fingerprint() == rolled_back  # completely rolled back: migration absent
     assert not coaching_tables_present(demo_db)
@@ -144,10 +147,10 @@ def test_killing_the_sequence_reset_at_each_step_changes_no_row_and_never_moves_
         conn.commit()
     before = demo_db.fingerprint()
     run = _executing(demo_db, "10_rollback_sequence")
-    diagnosis = sequences.diagnose_sequence(run)
+    diagnosis = steps10.verify_the_issue(run)
     tripwire = _kill(pg_cluster, pattern, occurrence, after=after)
     with pytest.raises(ConnectionFailed, match="nothing it did was kept"):
-        sequences.run_rollback(InstrumentedRun.wrap(run, tripwire), diagnosis)
+        steps10.run_rollback(InstrumentedRun.wrap(run, tripwire), diagnosis)
     assert tripwire.fired_at, f"the step {step!r} was never reached"
     after_kill = demo_db.fingerprint()
     # Rows, defaults and every other object: exactly as before.
@@ -158,7 +161,7 @@ def test_killing_the_sequence_reset_at_each_step_changes_no_row_and_never_moves_
     assert after_kill[key][0] >= before[key][0]
     if step in ("playbook lock taken", "table locked", "sequence reset"):
         assert after_kill == before
-    again = sequences.run_rollback(run, sequences.diagnose_sequence(run))
+    again = steps10.run_rollback(run, steps10.verify_the_issue(run))
     assert again.after.healthy
 
 
@@ -224,7 +227,7 @@ def test_recovery_gives_up_within_lock_timeout_while_the_application_writes_prof
                     "WHERE id = (SELECT id FROM public.profiles LIMIT 1)")
         run = _executing(demo_db, "21_recover_coaching_tables")
         with pytest.raises(LockBusy, match="rolled back; nothing was changed"):
-            recovery.recover(run, coaching, coaching_export, lock_timeout="300ms")
+            steps21.recover(run, coaching, coaching_export, lock_timeout="300ms")
         app.rollback()
     assert demo_db.fingerprint() == rolled_back
     require_sound_export(coaching_export)
@@ -280,12 +283,12 @@ def test_a_disk_full_mid_export_leaves_no_export_the_drop_accepts(demo_db, coach
     # One playbook error saying what happened, that nothing changed and what to do; never
     # a raw OSError, nor the cleanup's "can't change 'isolation_level' now" hiding it.
     with pytest.raises(ExportFailed, match=os_error) as failed:
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
     assert "nothing was dropped or changed" in str(failed.value)
     assert "free space" in str(failed.value)
     with pytest.raises(ExportMismatch, match="Nothing was changed"):
-        drops.rollback(run, coaching, folder)
-    gate = drops.rollback_gate(run, coaching, folder)
+        steps20.perform_rollback(run, coaching, folder)
+    gate = steps20.gate(run, coaching, folder)
     assert demo_db.fingerprint() == before
     assert len(coaching_tables_present(demo_db)) == 3
     assert gate.failing()  # the STOP gate stays closed whatever was answered
@@ -301,11 +304,11 @@ def test_an_export_folder_removed_mid_export_is_caught_before_the_drop(
     run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
     run.answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
     try:
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
     except (OSError, PlaybookError):
         pass  # failing loudly is fine; what matters is what the drop does next
     assert tripwire.fired_at
-    gate = drops.rollback_gate(run, coaching, folder)
+    gate = steps20.gate(run, coaching, folder)
     with demo_db.connect() as conn:
         problems = drops.export_problems(conn, coaching, folder)
     if problems:  # a file (or the manifest) went with the folder: the drop refuses
@@ -314,12 +317,12 @@ def test_an_export_folder_removed_mid_export_is_caught_before_the_drop(
                 gate.check()
         # Refused either by the run's gate (its export check fails) or by the drop itself.
         with pytest.raises((GateClosed, ExportMismatch)):
-            drops.rollback(run, coaching, folder)
+            steps20.perform_rollback(run, coaching, folder)
         assert demo_db.fingerprint() == before
     else:  # the folder went before any file was written: the export is whole and verified
         require_sound_export(folder)
         gate.check()
-        assert drops.rollback(run, coaching, folder) is not None
+        assert steps20.perform_rollback(run, coaching, folder) is not None
         assert not coaching_tables_present(demo_db)
 
 
@@ -359,8 +362,8 @@ def test_two_operators_dropping_at_once_one_commits_the_other_is_refused(
     run = _executing(demo_db, "20_rollback_coaching_tables")
     first = InstrumentedRun.wrap(run, _slow_after_lock(0.5))
     second = InstrumentedRun.wrap(run, _slow_after_lock(0.5))
-    outcomes = _race(lambda: drops.rollback(first, coaching, coaching_export),
-                     lambda: drops.rollback(second, coaching, coaching_export))
+    outcomes = _race(lambda: steps20.perform_rollback(first, coaching, coaching_export),
+                     lambda: steps20.perform_rollback(second, coaching, coaching_export))
     refused = [o for o in outcomes if isinstance(o, PlaybookError)]
     done = [o for o in outcomes if not isinstance(o, Exception)]
     assert len(done) == 1 and len(refused) == 1, outcomes
@@ -381,9 +384,9 @@ def test_a_recovery_started_while_the_drop_runs_is_refused_and_the_drop_complete
         import time
 
         time.sleep(0.3)
-        return recovery.recover(recovering, coaching, coaching_export)
+        return steps21.recover(recovering, coaching, coaching_export)
 
-    outcomes = _race(lambda: drops.rollback(dropping, coaching, coaching_export),
+    outcomes = _race(lambda: steps20.perform_rollback(dropping, coaching, coaching_export),
                      recover_a_moment_later)
     assert not isinstance(outcomes[0], Exception), outcomes[0]
     assert isinstance(outcomes[1], LockBusy), outcomes[1]
@@ -398,11 +401,11 @@ def test_two_operators_resetting_the_sequence_at_once_reset_it_once(demo_db):
         demo_app.break_application(conn, "sequence-behind")
         conn.commit()
     run = _executing(demo_db, "10_rollback_sequence")
-    diagnosis = sequences.diagnose_sequence(run)
+    diagnosis = steps10.verify_the_issue(run)
     outcomes = _race(
-        lambda: sequences.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
+        lambda: steps10.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
                                        diagnosis),
-        lambda: sequences.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
+        lambda: steps10.run_rollback(InstrumentedRun.wrap(run, _slow_after_lock(0.5)),
                                        diagnosis))
     assert sum(isinstance(o, LockBusy) for o in outcomes) == 1, outcomes
-    assert sequences.diagnose_sequence(run).healthy
+    assert steps10.verify_the_issue(run).healthy

@@ -23,6 +23,7 @@ import pytest
 from playbook import drops, recovery
 from playbook.errors import ExportMismatch
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 from reliability.conftest import coaching_tables_present
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def test_ctrl_c_mid_export_leaves_a_folder_marked_incomplete_that_21_refuses(
     presser = threading.Thread(target=press_ctrl_c, daemon=True)
     presser.start()
     with pytest.raises(KeyboardInterrupt):
-        drops.export_migration_data(run, coaching, folder, show_progress=False)
+        steps20.export_data(run, coaching, folder, show_progress=False)
     presser.join(10)
     assert (folder / MESSAGES_CSV).exists() and (folder / "INCOMPLETE").exists()
     assert not (folder / "manifest.json").exists()
@@ -112,7 +113,7 @@ from pathlib import Path
 from playbook import drops
 from playbook.migrations import load_migration
 from playbook.runs import begin_run
-drops.export_migration_data(begin_run("20_rollback_coaching_tables"),
+steps20.export_data(begin_run("20_rollback_coaching_tables"),
                             load_migration("coaching_tables"), Path(sys.argv[1]),
                             show_progress=False)
 """

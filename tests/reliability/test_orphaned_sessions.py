@@ -16,6 +16,7 @@ from playbook import drops
 from playbook.errors import LockBusy, PreconditionFailed
 from playbook.locks import end_stale_backend, take_playbook_lock
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 DROP = "20_rollback_coaching_tables"
 ORPHAN_NAME = "playbook:20_rollback_coaching_tables:drop"
@@ -39,7 +40,7 @@ def test_an_orphaned_drop_session_is_named_and_ended_only_when_asked(
     # The rerun, in execute mode: refused at the playbook's lock, the orphan named.
     run = begin_run(DROP, mode="execute", confirm_database=demo_db.name)
     with pytest.raises(LockBusy) as refused:
-        drops.rollback(run, coaching, coaching_export)
+        steps20.perform_rollback(run, coaching, coaching_export)
     text = str(refused.value)
     assert f"pid {pid} ({ORPHAN_NAME}" in text, text
     assert "idle in transaction for" in text
@@ -49,7 +50,7 @@ def test_an_orphaned_drop_session_is_named_and_ended_only_when_asked(
     # Reading the migration's tables waits on the table lock: that names it too, with
     # the lock it holds, instead of a bare LockNotAvailable.
     with pytest.raises(LockBusy) as waited:
-        drops.inspect_migration(begin_run(DROP), coaching)
+        steps20.review_what_will_be_deleted(begin_run(DROP), coaching)
     text = str(waited.value)
     assert "lock_timeout" in text and f"pid {pid} ({ORPHAN_NAME}" in text, text
     assert "AccessExclusiveLock on sponsor_chat_messages" in text \
@@ -78,7 +79,7 @@ def test_an_orphaned_drop_session_is_named_and_ended_only_when_asked(
     assert demo_db.fingerprint() == before  # nothing the orphan held was kept
 
     # And the rerun goes through.
-    assert "committed" in set(drops.rollback(run, coaching, coaching_export)["check"])
+    assert "committed" in set(steps20.perform_rollback(run, coaching, coaching_export)["check"])
     assert demo_db.scalar("SELECT to_regclass('public.sponsor_chat_messages') IS NULL")
 
 

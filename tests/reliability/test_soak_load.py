@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from playbook import drops
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 
 THREADS = 4
 MAX_OPS_PER_THREAD = 50_000
@@ -120,9 +120,9 @@ def test_the_coaching_rollback_under_application_load(demo_db, coaching, tmp_pat
     run = begin_run("20_rollback_coaching_tables", mode="execute",
                     confirm_database=demo_db.name)
     rollback_started = time.monotonic()
-    drops.export_migration_data(run, coaching, tmp_path / "export", show_progress=False)
+    steps20.export_data(run, coaching, tmp_path / "export", show_progress=False)
     dropped_at = time.monotonic()
-    outcome = drops.rollback(run, coaching, tmp_path / "export",
+    outcome = steps20.perform_rollback(run, coaching, tmp_path / "export",
                              lock_timeout=f"{int(LOCK_TIMEOUT_S * 1000)}ms")
     rollback_ended = time.monotonic()
     time.sleep(2)
