@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ConfigurationError, ObjectNotFound
+from .project import project_root
 
 _INCIDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FOLDER_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})-(.+)")
@@ -30,11 +31,7 @@ def incidents_root() -> Path:
     working directory."""
     if os.environ.get("PLAYBOOK_INCIDENTS"):
         return Path(os.environ["PLAYBOOK_INCIDENTS"]).expanduser().resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "notebooks").is_dir():
-            return folder / "incidents"
-    return here / "incidents"
+    return (project_root() or Path.cwd().resolve()) / "incidents"
 
 
 def require_incident_id(incident_id: str) -> str:

@@ -57,6 +57,7 @@ from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, Reco
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id
 from .kernels import LocalSocketKernelManager
+from .project import PLAYBOOK_ROOT, project_folder
 
 SUCCEEDED, STOPPED, FAILED, DIED = "succeeded", "stopped at a gate", "failed", "died"
 # Exit status of `playbook run` when the run ended but its record could not be written
@@ -65,7 +66,6 @@ RECORD_INCOMPLETE = 3
 # Room kept free beside the record for its outcome, whatever fills the disk meanwhile.
 RESERVE_BYTES = 256 * 1024
 GATE_EXCEPTIONS = {"GateClosed"}
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RECORD_METADATA_KEY = "playbook_record"
 # A connection string with an inline password, in either libpq form.
 _URL_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^:/@\s]*:[^@\s]+@|password\s*=", re.I)
@@ -76,8 +76,7 @@ _URL_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^:/@\s]*:[^@\s]+@|password\
 
 def notebooks_folder() -> Path:
     """``./notebooks`` when run from a project folder, else the project's own."""
-    here = Path.cwd() / "notebooks"
-    return here if here.is_dir() else PROJECT_ROOT / "notebooks"
+    return project_folder("notebooks")
 
 
 def resolve_notebook(notebook: str, notebooks_dir: Path | None = None) -> Path:
@@ -122,7 +121,7 @@ def load_parameter_file(path: Path | str | None) -> dict:
 
 def shipped_parameter_file(stem: str) -> Path | None:
     """``parameters/<stem>.yaml`` beside the notebooks, when there is one."""
-    for folder in (Path.cwd() / "parameters", PROJECT_ROOT / "parameters"):
+    for folder in (Path.cwd() / "parameters", PLAYBOOK_ROOT / "parameters"):
         if (folder / f"{stem}.yaml").is_file():
             return folder / f"{stem}.yaml"
     return None

@@ -34,10 +34,10 @@ from .errors import ConfigurationError, ObjectNotFound
 from .gates import NO, YES, display_replacing, normalise_answer, require_answer_mapping
 from .migrations import MIGRATIONS_DIR, Migration, known_migrations
 from .names import QualifiedName, table_exists
+from .project import PLAYBOOK_ROOT
 from .sequences import SequenceDiagnosis, diagnose
 from .verification import orphaned_profiles
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 FULL_RESTORE = "30_full_restore"
 RESTORE_TABLES = "31_restore_tables"
 
@@ -193,7 +193,7 @@ class Recommendation:
             return ""
         parts = ["playbook", "run", self.notebook, "--incident", incident_id or "INCIDENT-ID"]
         if Path("parameters", f"{self.notebook}.yaml").exists() or \
-                (NOTEBOOKS_DIR.parent / "parameters" / f"{self.notebook}.yaml").exists():
+                (PLAYBOOK_ROOT / "parameters" / f"{self.notebook}.yaml").exists():
             parts += ["-f", f"parameters/{self.notebook}.yaml"]
         parts += ["-p", "mode", "review"]
         if operator:
@@ -203,7 +203,7 @@ class Recommendation:
     def markdown(self, incident_id: str = "", operator: str = "") -> str:
         lines = [f"### Recommended: {self.action}", "", self.reason, ""]
         if self.notebook:
-            exists = (NOTEBOOKS_DIR / f"{self.notebook}.ipynb").exists()
+            exists = (PLAYBOOK_ROOT / "notebooks" / f"{self.notebook}.ipynb").exists()
             lines += [f"Notebook: [{self.notebook}.ipynb]({self.notebook}.ipynb)"
                       + ("" if exists else " (not in this copy of the playbook yet)"), "",
                       "Run it in review mode first, then again with `-p mode execute "
