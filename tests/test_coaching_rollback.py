@@ -24,6 +24,7 @@ from playbook.errors import (
 from playbook.locks import take_playbook_lock
 from playbook.migration_objects import find_in_database, parse_created_objects
 from playbook.migrations import load_migration
+from playbook.protected_tables import protected_state, protected_tables_untouched
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 
@@ -336,18 +337,18 @@ def test_a_row_updated_by_the_drop_transaction_is_caught_on_both_server_versions
 
 def test_application_writes_committed_during_the_drop_do_not_fail_its_proof(demo_db, coaching):
     with demo_db.connect() as conn, demo_db.connect(autocommit=True) as application:
-        before = drops.protected_state(conn, coaching)
+        before = protected_state(conn, coaching)
         # A user logs in and writes in their journal while the rollback runs.
         application.execute("UPDATE auth.users SET last_sign_in_at = now() "
                             "WHERE id = (SELECT id FROM auth.users ORDER BY id LIMIT 1)")
         application.execute("INSERT INTO public.journal_entries (user_id, title) "
                             "SELECT id, 'written during the rollback' FROM public.profiles LIMIT 1")
-        checks = drops.protected_tables_untouched(conn, before)
+        checks = protected_tables_untouched(conn, before)
         assert checks and all(c.passed for c in checks), checks
         # The same writes made by the rollback's own transaction are caught.
         conn.execute("INSERT INTO public.journal_entries (user_id, title) "
                      "SELECT id, 'written by the rollback' FROM public.profiles LIMIT 1")
-        failed = [c for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+        failed = [c for c in protected_tables_untouched(conn, before) if not c.passed]
         assert [c.observed for c in failed] == ["1 inserted, 0 updated, 0 deleted"]
         conn.rollback()
 
@@ -357,13 +358,13 @@ def test_a_change_undone_by_a_savepoint_still_counts_as_a_change(demo_db, coachi
         pass
 
     with demo_db.connect() as conn:
-        before = drops.protected_state(conn, coaching)
+        before = protected_state(conn, coaching)
         with pytest.raises(Undo):
             with conn.transaction():
                 conn.execute("INSERT INTO public.virtues (id, name) VALUES (1000, 'Undone')")
                 raise Undo
         failed = [(c.name.split(" ")[0], c.observed)
-                  for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+                  for c in protected_tables_untouched(conn, before) if not c.passed]
         conn.rollback()
     # Erring on the side of refusing: the proof counts what the transaction did, not only
     # what it kept.
@@ -379,10 +380,10 @@ def test_with_track_counts_off_the_rows_are_compared_in_full(demo_db, coaching, 
     assert any("compared row by row" in c.name and c.passed for c in result.checks)
     with demo_db.connect() as conn:
         conn.execute("SET track_counts = off")
-        before = drops.protected_state(conn, coaching, with_checksums=True)
+        before = protected_state(conn, coaching, with_checksums=True)
         conn.execute("UPDATE public.profiles SET full_name = 'x' "
                      "WHERE id = (SELECT id FROM public.profiles ORDER BY id LIMIT 1)")
-        failed = [c.name for c in drops.protected_tables_untouched(conn, before) if not c.passed]
+        failed = [c.name for c in protected_tables_untouched(conn, before) if not c.passed]
         conn.rollback()
     assert failed == ["public.profiles rows and checksum unchanged (track_counts is off: "
                       "compared row by row)"]

@@ -166,7 +166,7 @@ def test_a_notification_target_is_recorded_without_its_secrets():
 
 def test_a_careless_step_printing_the_notification_url_leaves_no_token_in_the_record(
         monkeypatch):
-    from playbook.records import live_secrets, scrub
+    from playbook.scrubbing import live_secrets, scrub
 
     token = "T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7"
     monkeypatch.setenv(notify.NOTIFY_ENV, f"slack://{token} json://u:pa55word@h.example/x")

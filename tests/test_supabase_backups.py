@@ -16,7 +16,7 @@ import pytest
 
 import supabase_shape as shape
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import localdb, scratch_servers, supabase_dumps
+from playbook import backup_kinds, localdb, scratch_servers, supabase_dumps
 from playbook.errors import ConfigurationError
 from playbook.flags import flag
 from playbook.steps import full_restore as steps30
@@ -92,7 +92,7 @@ def test_the_cli_trio_is_not_taken_for_truncated_and_its_auth_rows_have_a_home(
     data = (folder / "data.sql").read_text()
     assert data.rstrip().endswith("RESET ALL;") and "-- " not in data
     assert 'CREATE TABLE "auth"' not in (folder / "schema.sql").read_text()
-    backup = supabase_dumps.read_any_backup(folder)
+    backup = backup_kinds.read_any_backup(folder)
     restored = supabase_dumps.restore_to_scratch(backup, tables=list(shape.CHOSEN))
     try:
         with psycopg.connect(url) as conn:
@@ -102,11 +102,11 @@ def test_the_cli_trio_is_not_taken_for_truncated_and_its_auth_rows_have_a_home(
         restored.scratch.drop()
     cut = tmp_path / "cut"
     cut.mkdir()
-    for part in supabase_dumps.TRIO_FILES:
+    for part in backup_kinds.TRIO_FILES:
         (cut / part).write_text((folder / part).read_text())
     (cut / "data.sql").write_text(data[: len(data) // 2])
     with pytest.raises(supabase_dumps.BackupUnusable, match="cut short"):
-        supabase_dumps.read_any_backup(cut)
+        backup_kinds.read_any_backup(cut)
 
 
 def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db, tmp_path,
@@ -119,7 +119,7 @@ def test_an_error_on_a_chosen_table_stops_the_restore_with_its_line(supabase_db,
         "extensions.uuid_generate_v4()", "extensions.uuid_generate_v7()", 1)
     broken = tmp_path / "db_cluster-01-12-2026@03-00-01.backup"
     broken.write_text(text)
-    backup = supabase_dumps.read_any_backup(broken)
+    backup = backup_kinds.read_any_backup(broken)
     with pytest.raises(supabase_dumps.BackupUnusable) as refused:
         supabase_dumps.restore_to_scratch(backup, tables=["public.projects"])
     message = str(refused.value)
@@ -241,12 +241,12 @@ def test_a_plain_dump_is_dated_by_its_content_not_its_file_time(tmp_path):
               "--\n-- PostgreSQL database dump complete\n--\n\n")
     dated = tmp_path / "nightly.sql"
     dated.write_text(script)
-    backup = supabase_dumps.read_any_backup(dated)
+    backup = backup_kinds.read_any_backup(dated)
     assert backup.taken_at.isoformat() == "2026-11-30T04:05:06+00:00"
     assert backup.taken_at_source == "written inside the dump"
     named = tmp_path / "db_cluster-29-11-2026@03-00-01.backup"
     named.write_text(script.replace("-- Started on 2026-11-30 04:05:06 UTC\n", ""))
-    backup = supabase_dumps.read_any_backup(named)
+    backup = backup_kinds.read_any_backup(named)
     assert backup.taken_at.isoformat() == "2026-11-29T03:00:01+00:00"
     assert backup.taken_at_source == "the dashboard's file name"
 
@@ -264,7 +264,7 @@ def test_a_backup_with_vector_columns_goes_to_a_scratch_server_that_ships_pgvect
                          "embedding extensions.vector(3)); INSERT INTO public.documents "
                          "SELECT i, ARRAY[i, i + 1, i + 2]::real[]::extensions.vector "
                          "FROM generate_series(1, 25) i")
-        backup = supabase_dumps.read_any_backup(shape.custom_archive(url, 16, tmp_path))
+        backup = backup_kinds.read_any_backup(shape.custom_archive(url, 16, tmp_path))
         restored = supabase_dumps.restore_to_scratch(backup, tables=["public.documents"])
         try:
             assert restored.counts["public.documents"] == 25

@@ -8,7 +8,7 @@ import gzip
 import psycopg
 import pytest
 
-from playbook import supabase_dumps
+from playbook import backup_kinds, supabase_dumps
 from playbook.errors import BackupUnusable
 from surgical_helpers import supabase_plain_dump, supabase_trio, truncated_copy
 
@@ -31,8 +31,8 @@ def test_dashboard_download_restores_into_scratch_without_touching_the_superuser
         demo_db, pg_cluster, monkeypatch, tmp_path):
     monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
     path = supabase_plain_dump(demo_db.url, demo_db.major, tmp_path)
-    backup = supabase_dumps.read_any_backup(path)
-    assert backup.kind == supabase_dumps.KIND_SUPABASE_PLAIN
+    backup = backup_kinds.read_any_backup(path)
+    assert backup.kind == backup_kinds.KIND_SUPABASE_PLAIN
     restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
     try:
         with demo_db.connect() as conn:
@@ -49,8 +49,8 @@ def test_dashboard_download_restores_into_scratch_without_touching_the_superuser
 def test_trio_restores_into_scratch(demo_db, pg_cluster, monkeypatch, tmp_path):
     monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
     folder = supabase_trio(demo_db.url, demo_db.major, tmp_path / "trio")
-    backup = supabase_dumps.read_any_backup(folder)
-    assert backup.kind == supabase_dumps.KIND_SUPABASE_TRIO
+    backup = backup_kinds.read_any_backup(folder)
+    assert backup.kind == backup_kinds.KIND_SUPABASE_TRIO
     restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
     try:
         assert restored.counts["public.sponsor_chat_messages"] == demo_db.scalar(
@@ -63,13 +63,13 @@ def test_truncated_download_is_refused_before_any_restore(demo_db, tmp_path):
     path = supabase_plain_dump(demo_db.url, demo_db.major, tmp_path)
     cut = truncated_copy(path, tmp_path / "cut.backup.gz")
     with pytest.raises(BackupUnusable, match="truncated or damaged"):
-        supabase_dumps.read_any_backup(cut)
+        backup_kinds.read_any_backup(cut)
     plain = tmp_path / "cut.backup"
     with gzip.open(path, "rb") as handle:
         text = handle.read()
     plain.write_bytes(text[: len(text) * 2 // 3])
     with pytest.raises(BackupUnusable, match="truncated"):
-        supabase_dumps.read_any_backup(plain)
+        backup_kinds.read_any_backup(plain)
 
 
 def test_a_copy_that_fails_stops_the_restore_with_its_line(pg_cluster, monkeypatch, tmp_path):
@@ -80,7 +80,7 @@ def test_a_copy_that_fails_stops_the_restore_with_its_line(pg_cluster, monkeypat
         "CREATE TABLE public.kept (id int PRIMARY KEY);\n"
         "COPY public.missing_table (id) FROM stdin;\n1\n\\N\n\\.\n"
         "--\n-- PostgreSQL database dump complete\n--\n")
-    backup = supabase_dumps.read_any_backup(script)
+    backup = backup_kinds.read_any_backup(script)
     with pytest.raises(BackupUnusable, match="line 3"):
         supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL")
 
@@ -89,7 +89,7 @@ def test_unreadable_file_is_refused(tmp_path):
     junk = tmp_path / "photo.backup"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     with pytest.raises(BackupUnusable):
-        supabase_dumps.read_any_backup(junk)
+        backup_kinds.read_any_backup(junk)
 
 
 @pytest.mark.parametrize("statement,fatal", [

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import backups, connecting, demo_app, localdb, records
+from . import backups, connecting, demo_app, localdb, parameters, records
 from .errors import PreconditionFailed
 from .names import QualifiedName
 from .verification import row_counts
@@ -39,7 +39,7 @@ class Step:
 
 
 def _yes_to_everything(stem: str) -> dict[str, str]:
-    shipped = records.load_parameter_file(records.shipped_parameter_file(stem))
+    shipped = parameters.load_parameter_file(parameters.shipped_parameter_file(stem))
     return {question: "yes" for question in shipped.get("answers", {})}
 
 
@@ -170,7 +170,7 @@ def run_demo(rows: int = 2000, incident_id: str = "", *,
                     del parameters["backup_dir"]
             record = records.run_notebook(
                 step.notebook, incident_id, parameters,
-                parameter_file=records.shipped_parameter_file(step.notebook),
+                parameter_file=parameters.shipped_parameter_file(step.notebook),
                 operator="make demo",
             )
             failures += record.exit_code != 0

@@ -172,7 +172,7 @@ def notify_run(run, event: str, outcome: str) -> dict | None:
 
 
 def _live_secrets(run) -> list[str]:
-    from .records import live_secrets
+    from .scrubbing import live_secrets  # here: scrubbing asks notify for its URL secrets
 
     return live_secrets([getattr(run, "database_url_env", connecting.DEFAULT_URL_ENV)])
 

@@ -38,26 +38,30 @@ import re
 import socket
 import sys
 import tempfile
-import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import nbformat
 import pandas as pd
 import papermill
-import yaml
-from papermill.iorw import papermill_io
 
 from . import connecting, journal, notify
-from .errors import ConfigurationError, ObjectNotFound, PreconditionFailed, RecordRefused
+from .errors import ConfigurationError, PreconditionFailed
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id
 from .kernels import LocalSocketKernelManager
-from .project import PLAYBOOK_ROOT, project_folder
+from .papermill_memory import MEMORY, CellJournal, step_of
+from .parameters import (
+    check_parameters,
+    coerce,
+    declared_parameters,
+    load_parameter_file,
+    resolve_notebook,
+)
+from .scrubbing import live_secrets, scrub, write_scrubbed
 
 SUCCEEDED, STOPPED, FAILED, DIED = "succeeded", "stopped at a gate", "failed", "died"
 # Exit status of `playbook run` when the run ended but its record could not be written
@@ -68,215 +72,11 @@ RESERVE_BYTES = 256 * 1024
 GATE_EXCEPTIONS = {"GateClosed"}
 RECORD_METADATA_KEY = "playbook_record"
 # A connection string with an inline password, in either libpq form.
-_URL_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^:/@\s]*:[^@\s]+@|password\s*=", re.I)
 
 
 # --- which notebook, which parameters ---------------------------------------------------
 
 
-def notebooks_folder() -> Path:
-    """``./notebooks`` when run from a project folder, else the project's own."""
-    return project_folder("notebooks")
-
-
-def resolve_notebook(notebook: str, notebooks_dir: Path | None = None) -> Path:
-    """A notebook given by stem (``10_rollback_sequence``) or by path."""
-    as_path = Path(notebook)
-    if as_path.suffix == ".ipynb" and as_path.is_file():
-        return as_path.resolve()
-    folder = Path(notebooks_dir) if notebooks_dir else notebooks_folder()
-    path = folder / f"{as_path.stem if as_path.suffix == '.ipynb' else notebook}.ipynb"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", path.stem) or not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
-        raise ObjectNotFound(
-            f"There is no notebook {notebook!r} in {folder}. Nothing was run.",
-            next_step=f"use one of: {', '.join(known) or '(none found)'}.",
-        )
-    return path.resolve()
-
-
-def declared_parameters(path: Path) -> dict[str, dict]:
-    """The notebook's parameters (papermill's view of its ``parameters`` cell)."""
-    return dict(papermill.inspect_notebook(str(path)))
-
-
-def load_parameter_file(path: Path | str | None) -> dict:
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ObjectNotFound(f"The parameters file {path} does not exist. Nothing was run.",
-                             next_step="pass the path of a YAML file, e.g. parameters/<stem>.yaml.")
-    try:
-        given = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"The parameters file {path} is not valid YAML ({exc}). "
-                                 "Nothing was run.", next_step="fix the file.") from None
-    if not isinstance(given, dict):
-        raise ConfigurationError(f"The parameters file {path} must hold a mapping of "
-                                 "parameter names to values. Nothing was run.",
-                                 next_step="write it as `name: value` lines.")
-    return given
-
-
-def shipped_parameter_file(stem: str) -> Path | None:
-    """``parameters/<stem>.yaml`` beside the notebooks, when there is one."""
-    for folder in (Path.cwd() / "parameters", PLAYBOOK_ROOT / "parameters"):
-        if (folder / f"{stem}.yaml").is_file():
-            return folder / f"{stem}.yaml"
-    return None
-
-
-def check_parameters(parameters: Mapping[str, object], declared: Mapping[str, dict],
-                     notebook: str, secrets: Iterable[str] = ()) -> None:
-    """Refuse, before anything runs, a parameter the notebook does not declare and any
-    value that is (or holds) a connection string with a password."""
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise ConfigurationError(
-            f"{notebook} has no parameter {', '.join(unknown)}. Nothing was run.",
-            next_step=f"its parameters are {', '.join(declared)}.",
-        )
-    if "lock_timeout" in parameters:  # 0 (wait forever) or too long: refused before the run
-        connecting.lock_timeout_setting(parameters["lock_timeout"])
-    secrets = [s for s in secrets if s]
-    for name, value in parameters.items():
-        text = json.dumps(value, default=str)
-        if _URL_WITH_PASSWORD.search(text) or any(s in text for s in secrets):
-            raise ConfigurationError(
-                f"The parameter {name} holds a connection string or password; it would be "
-                "written into the record. Nothing was run.",
-                next_step="put the connection string in an environment variable and pass its "
-                "name as database_url_env.",
-            )
-
-
-# --- papermill into memory -------------------------------------------------------------
-
-
-class _MemoryHandler:
-    """papermill I/O for ``playbook-memory://`` paths: the executed notebook stays in this
-    process until it has been scrubbed, so an unscrubbed output never touches the disk."""
-
-    scheme = "playbook-memory://"
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, str] = {}
-        self.watchers: dict[str, object] = {}
-        self.lock = threading.Lock()
-
-    def read(self, path: str) -> str:
-        return self.buffers[path]
-
-    def write(self, buf: str, path: str) -> None:
-        with self.lock:
-            self.buffers[path] = buf
-            watcher = self.watchers.get(path)
-        if watcher is not None:
-            watcher(buf)  # papermill saves at every cell start: the journal learns of it
-
-    def listdir(self, path: str) -> list[str]:
-        return []
-
-    def pretty_path(self, path: str) -> str:
-        return path
-
-    def pop(self, path: str) -> str | None:
-        with self.lock:
-            self.watchers.pop(path, None)
-            return self.buffers.pop(path, None)
-
-
-class _CellJournal:
-    """Journals each cell as papermill starts it (from its in-memory saves), so a run
-    killed mid-cell leaves the cell it was in and when it started."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.running: dict | None = None
-
-    def __call__(self, text: str) -> None:
-        try:
-            notebook = nbformat.reads(text, as_version=4)
-        except Exception:  # a save we cannot read is not worth stopping the run for
-            return
-        cells = _recorded_cells(notebook)
-        for index, cell in enumerate(cells):
-            stamp = cell.get("metadata", {}).get("papermill", {})
-            if stamp.get("status") == "running":
-                if self.running is None or self.running["cell"] != index:
-                    source = cell.get("source", "").strip().splitlines()
-                    self.running = {
-                        "at": stamp.get("start_time") or journal.now(), "event": journal.CELL,
-                        "cell": index, "step": _step_of(cells, index),
-                        "source": source[0][:200] if source else ""}
-                    journal.append(self.path, self.running)
-                return
-
-
-def _recorded_cells(notebook: Mapping) -> list:
-    return [c for c in notebook.get("cells", [])
-            if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
-
-
-_MEMORY = _MemoryHandler()
-papermill_io.register(_MEMORY.scheme, _MEMORY)
-
-
-# --- secrets ----------------------------------------------------------------------------
-
-
-def live_secrets(env_names: Iterable[str]) -> list[str]:
-    """Passwords the run could leak: those of the named variables' connection strings and
-    PGPASSWORD, raw and URL-encoded, and the notification targets' passwords and tokens."""
-    found: set[str] = set()
-    for name in {*env_names, connecting.DEFAULT_URL_ENV}:
-        url = os.environ.get(name, "") if isinstance(name, str) else ""
-        for secret in connecting.secrets_of(url):
-            found.update({secret, quote(secret, safe="")})
-    for secret in notify.url_secrets():
-        found.update({secret, quote(secret, safe="")})
-    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
-
-
-def scrub(value: object, secrets: Iterable[str]) -> object:
-    """``value`` (a notebook's JSON tree) with every secret and URL password replaced."""
-    secrets = list(secrets)
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return connecting.redact(value)
-    if isinstance(value, Mapping):
-        return {k: scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, secrets) for v in value]
-    return value
-
-
-def write_scrubbed(path: Path, text: str, secrets: Iterable[str]) -> None:
-    """Write ``text`` unless it still holds a secret (then refuse, writing nothing). The
-    text goes to a temporary file renamed into place: a full disk leaves the previous
-    file (or none), never one cut off."""
-    leaked = [s for s in secrets if s and s in text]
-    if leaked:
-        raise RecordRefused(
-            f"The record {path.name} would contain the live database password, so it was not "
-            "written.",
-            next_step="the run itself happened; read its outcome in the other files of the "
-            "incident, and report this as a bug in the playbook.",
-        )
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 # --- the record ---------------------------------------------------------------------------
@@ -367,16 +167,6 @@ def _claim_number(folder: Path, stem: str, stub: Mapping | None = None) -> tuple
         return number, path
 
 
-def _step_of(cells: list, index: int) -> str:
-    """The heading of the markdown cell that introduces code cell ``index``."""
-    for cell in reversed(cells[:index]):
-        if cell.get("cell_type") == "markdown":
-            for line in cell.get("source", "").splitlines():
-                if line.strip():
-                    return line.strip().lstrip("#").strip()[:120]
-    return ""
-
-
 def where_it_stopped(nb: nbformat.NotebookNode) -> tuple[dict | None, str, str]:
     """(where, exception name, message) of the first cell that raised, or (None, "", "")."""
     cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
@@ -386,24 +176,11 @@ def where_it_stopped(nb: nbformat.NotebookNode) -> tuple[dict | None, str, str]:
                 source = cell.get("source", "").strip().splitlines()
                 return (
                     {"cell": index, "execution_count": cell.get("execution_count"),
-                     "step": _step_of(cells, index), "source": source[0] if source else ""},
+                     "step": step_of(cells, index), "source": source[0] if source else ""},
                     output.get("ename", ""),
                     output.get("evalue", ""),
                 )
     return None, "", ""
-
-
-def _coerce(value: object, declared: dict | None) -> object:
-    """A ``-p`` value typed as the notebook declares it (YAML otherwise)."""
-    if not isinstance(value, str):
-        return value
-    type_name = (declared or {}).get("inferred_type_name", "")
-    if type_name == "str":
-        return value
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
 
 
 def run_notebook(
@@ -428,7 +205,7 @@ def run_notebook(
     path = resolve_notebook(stem, notebooks_dir)
     declared = declared_parameters(path)
     merged = dict(load_parameter_file(parameter_file))
-    merged.update({k: _coerce(v, declared.get(k)) for k, v in (parameters or {}).items()})
+    merged.update({k: coerce(v, declared.get(k)) for k, v in (parameters or {}).items()})
     operator = operator or os.environ.get("PLAYBOOK_OPERATOR") or getpass.getuser()
     for name, value in (("incident_id", incident_id), ("operator", operator)):
         if name in declared:
@@ -465,9 +242,9 @@ def run_notebook(
     # is no longer running (killed), whatever became of its process id.
     alive = open(journal_file, "ab")  # noqa: SIM115 - closed in the finally below
     fcntl.flock(alive, fcntl.LOCK_EX)
-    memory_path = f"{_MEMORY.scheme}{uuid.uuid4().hex}.ipynb"
-    cells = _CellJournal(journal_file)
-    _MEMORY.watchers[memory_path] = cells
+    memory_path = f"{MEMORY.scheme}{uuid.uuid4().hex}.ipynb"
+    cells = CellJournal(journal_file)
+    MEMORY.watchers[memory_path] = cells
     crash, interrupted = "", False
     try:
         try:
@@ -484,7 +261,7 @@ def run_notebook(
         except Exception as exc:  # the kernel died, timed out, or could not start
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             crash = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        text = _MEMORY.pop(memory_path)
+        text = MEMORY.pop(memory_path)
         executed = (nbformat.reads(text, as_version=4) if text
                     else nbformat.read(path, as_version=4))
         record.ended_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -519,7 +296,7 @@ def run_notebook(
                                 if m.get("event") == journal.NOTIFICATION]
         _write_record(record, executed, secrets, reserve)
     finally:
-        _MEMORY.pop(memory_path)
+        MEMORY.pop(memory_path)
         with contextlib.suppress(OSError):
             reserve.unlink()
         alive.close()
@@ -663,6 +440,7 @@ def _write_elsewhere(record: Record, secrets: list[str]) -> str:
 
 
 # --- reading records back -----------------------------------------------------------------
+
 
 
 def read_records(folder: Path) -> list[Record]:

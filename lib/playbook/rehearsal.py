@@ -27,15 +27,14 @@ from psycopg import errors as pgerrors
 from . import connecting, localdb
 from .errors import PlaybookError, PreconditionFailed
 from .incidents import incidents_root
-from .pgbinaries import client_program
-from .records import (
-    SUCCEEDED,
+from .parameters import (
     declared_parameters,
     load_parameter_file,
     resolve_notebook,
-    run_notebook,
     shipped_parameter_file,
 )
+from .pgbinaries import client_program
+from .records import SUCCEEDED, run_notebook
 from .verification import application_checks
 
 REHEARSAL_ENV = "PLAYBOOK_REHEARSAL_URL"

@@ -17,8 +17,9 @@ from pathlib import Path
 import psycopg
 
 from .. import localdb
+from ..backup_kinds import read_any_backup
 from ..errors import BackupUnusable, PlaybookError
-from ..supabase_dumps import read_any_backup, restore_to_scratch
+from ..supabase_dumps import restore_to_scratch
 from .plan import ShadowStates
 from .shadow import MigrationFile, apply_sql
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from .. import flags, journal, supabase_dumps, table_diff
+from .. import backup_kinds, flags, journal, supabase_dumps, table_diff
 from ..backups import shown_time
 from ..errors import ConfigurationError
 from ..gates import Gate, reject_unknown_answers
@@ -67,7 +67,7 @@ def restore_backup(run: Run, backup_file: str, backup_kind: str = "auto",
             "backup_file is empty. Nothing was changed.",
             next_step="set backup_file to a pg_dump archive, a Supabase .backup(.gz) file or "
             "the folder of roles.sql/schema.sql/data.sql.")
-    backup = supabase_dumps.read_any_backup(Path(backup_file), backup_kind)
+    backup = backup_kinds.read_any_backup(Path(backup_file), backup_kind)
     restored = supabase_dumps.restore_to_scratch(backup, scratch_url_env, workdir=workdir,
                                                  tables=tables, schemas=schemas)
     if not keep_scratch:
