@@ -320,7 +320,7 @@ def read_any_backup(path: Path | str, kind: str = "auto") -> backups.Backup:
             if not proof.passed:
                 backup = backups.Backup(backup.kind, backup.path, backup.taken_at, backup.size,
                                         backup.database, backup.server_version,
-                                        backup.tool_version, proof.evidence())
+                                        backup.tool_version, proof.in_words())
     elif found == KIND_SUPABASE_PLAIN:
         backup = read_plain(path)
     else:

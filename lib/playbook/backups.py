@@ -31,6 +31,7 @@ import psycopg
 
 from . import connecting, localdb
 from .errors import BackupUnusable, ConfigurationError, PlaybookError
+from .evidence import NOT_DONE, Evidence
 from .exports import client_environment
 from .names import QualifiedName, split_identifier
 
@@ -52,6 +53,13 @@ class Backup:
     tool_version: str = ""
     problem: str = ""
     taken_at_source: str = "written inside the archive"
+
+    def evidence(self) -> Evidence:
+        """A backup read to its end shows the backup verified."""
+        if not self.usable:
+            return NOT_DONE
+        return Evidence(True, f"{self.path.name}, taken {self.taken_at:%Y-%m-%d %H:%M:%S} UTC, "
+                              "read to its end")
 
     @property
     def usable(self) -> bool:
@@ -348,7 +356,7 @@ class Proof:
     def passed(self) -> bool:
         return bool(self.checks) and all(ok for _, ok, _ in self.checks)
 
-    def evidence(self) -> str:
+    def in_words(self) -> str:
         return "; ".join(f"{name}: {detail}" for name, _, detail in self.checks)
 
     def table(self) -> pd.DataFrame:
@@ -479,7 +487,10 @@ class TestRestore:
               "result": "PASS" if self.counts.get(n) == self.archive_counts.get(n) else "FAIL"}
              for n in names], columns=["table", "rows restored", "rows in archive", "result"])
 
-    def evidence(self) -> str:
+    def evidence(self) -> Evidence:
+        return Evidence(self.passed, self.in_words())
+
+    def in_words(self) -> str:
         total = sum(self.counts.values())
         return (f"restored into scratch database {self.database!r} in {self.seconds:.1f}s: "
                 f"{len(self.counts)} tables, {total:,} rows, "
@@ -586,7 +597,7 @@ def prove_restorable(backup: Backup, scratch_url: str, *, jobs: int = 2) -> Test
     if not restored.passed:
         raise BackupUnusable(
             f"The test restore of {backup.path.name} does not match the archive: "
-            f"{restored.evidence()}. Nothing was changed on the target.",
+            f"{restored.in_words()}. Nothing was changed on the target.",
             next_step="choose another backup.",
         )
     return restored

@@ -37,8 +37,16 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigurationError, PreconditionFailed
+from .evidence import (
+    NOT_DONE,
+    Evidence,
+    ShowsEvidence,
+    checks_table_evidence,
+    export_evidence,
+)
+from .exports import Manifest
 from .gates import YES, display_replacing, normalise_answer, require_answer_mapping
-from .journal import EXPORT_VERIFIED, VERIFICATION
+from .journal import EXPORT_VERIFIED, VERIFICATION, json_outputs
 
 RECORD_KEY = "playbook_checklist"
 OPERATOR, PLAYBOOK = "operator", "playbook"
@@ -331,83 +339,34 @@ def for_run(name: str, run, answers: Mapping[str, object] | None = None,
     if name in DONE_ONLY_WHEN_EXECUTING and not run.executing:
         return checklist
     for item, outcome in done_by_playbook.items():
-        done, evidence = performed(outcome)
-        if done:
-            checklist.tick_done_by_playbook(item, evidence)
+        shown = performed(outcome)
+        if shown.done:
+            checklist.tick_done_by_playbook(item, shown.says)
     return checklist
 
 
-def performed(outcome: object) -> tuple[bool, str]:
+def performed(outcome: object) -> Evidence:
     """Whether ``outcome`` (a result of a playbook step) shows its step done, and the
-    evidence in a line."""
-    from .runs import Run
-
+    evidence in a line. A result says so itself (:class:`evidence.ShowsEvidence`); a text
+    is the evidence itself; a checks table passes when every check does; an export
+    folder or manifest when its files match it. Anything else is refused: an item must
+    never be left open because a result changed its shape."""
     if outcome is None:
-        return False, ""
-    if isinstance(outcome, str):  # the evidence itself
-        return bool(outcome), outcome
-    if isinstance(outcome, Run):
-        return True, (f"this executed notebook ({outcome.notebook}, started "
-                      f"{outcome.started_at:%Y-%m-%d %H:%M:%S} UTC) is the record")
+        return NOT_DONE
+    if isinstance(outcome, str):
+        return Evidence(bool(outcome), outcome)
+    if isinstance(outcome, ShowsEvidence):
+        return outcome.evidence()
     if isinstance(outcome, pd.DataFrame):
-        if "result" not in outcome.columns:
-            return False, ""
-        return _checks_passed(list(outcome["result"] == "PASS"))
-    if getattr(outcome, "executed", True) is False or getattr(outcome, "committed", True) is False:
-        return False, ""
-    if hasattr(outcome, "passed") and callable(getattr(outcome, "evidence", None)):
-        return bool(outcome.passed), outcome.evidence()  # a test restore
-    if isinstance(outcome, Path) or hasattr(outcome, "files") or hasattr(outcome, "folder"):
-        return _export_sound(outcome)
-    if hasattr(outcome, "usable") and hasattr(outcome, "path"):  # a backup, read to its end
-        if not outcome.usable:
-            return False, ""
-        return True, (f"{outcome.path.name}, taken {outcome.taken_at:%Y-%m-%d %H:%M:%S} UTC, "
-                      "read to its end")
-    if hasattr(outcome, "scratch") and hasattr(outcome, "counts"):  # restored into scratch
-        return True, (f"{outcome.backup.path.name} restored into scratch "
-                      f"({outcome.scratch.describe()}): {len(outcome.counts)} tables, "
-                      f"{sum(outcome.counts.values()):,} rows")
-    checks = getattr(outcome, "checks", None)
-    if checks is not None:
-        done, evidence = _checks_passed([c.passed for c in checks])
-        summary = getattr(outcome, "summary", "")
-        return done, f"{summary}; {evidence}" if isinstance(summary, str) and summary else evidence
-    if getattr(outcome, "executed", False):  # a step result shown as a two-column table
-        shown = outcome.table()
-        return True, "; ".join(f"{k}: {v}" for k, v in shown.iloc[:, -1].items())
-    return False, ""
-
-
-def _checks_passed(results: list[bool]) -> tuple[bool, str]:
-    if not results:
-        return False, ""
-    passed = sum(bool(r) for r in results)
-    return passed == len(results), f"{passed}/{len(results)} checks passed"
-
-
-def _export_sound(outcome: object) -> tuple[bool, str]:
-    """An export folder (or a manifest/report naming one) whose files match its manifest."""
-    from .errors import ExportMismatch
-    from .exports import read_manifest, verify_files
-
+        return checks_table_evidence(outcome)
     if isinstance(outcome, Path):
-        folder = outcome
-    elif hasattr(outcome, "folder"):
-        folder = outcome.folder
-    else:
-        folder = outcome.extra.get("folder")
-    if not folder or not (Path(folder) / "manifest.json").is_file():
-        return False, ""
-    try:
-        manifest = read_manifest(Path(folder))
-    except ExportMismatch:
-        return False, ""
-    if verify_files(Path(folder), manifest):
-        return False, ""
-    rows = sum(f.rows for f in manifest.files)
-    return True, (f"{rows:,} rows in {len(manifest.files)} files in {Path(folder).name}/, "
-                  "each matching its SHA-256 in manifest.json")
+        return export_evidence(outcome)
+    if isinstance(outcome, Manifest):
+        return export_evidence(outcome.extra.get("folder"))
+    raise ConfigurationError(
+        f"A {type(outcome).__name__} cannot show that a checklist item was done. Nothing was "
+        "changed.", next_step="report this as a bug in the playbook (the step's result "
+        "needs an evidence() method).")
 
 
 @dataclass
@@ -439,6 +398,4 @@ def closing_checklists(answers: Mapping[str, object] | None = None) -> Checklist
 
 def checklists_in(notebook) -> list[dict]:
     """Every checklist recorded in an executed notebook (an nbformat node or dict)."""
-    from .journal import json_outputs
-
     return json_outputs(notebook, RECORD_KEY)

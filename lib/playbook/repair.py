@@ -35,6 +35,7 @@ from psycopg import sql
 
 from . import catalog, table_diff
 from .errors import ConfigurationError, PreconditionFailed
+from .evidence import NOT_DONE, Evidence, checks_evidence
 from .fingerprint import table_checksum
 from .incidents import export_folder, run_label
 from .locks import take_playbook_lock
@@ -327,6 +328,10 @@ class RepairResult:
     written: dict[str, dict[str, int]]
     sequences: list[str]
     committed: bool
+
+    def evidence(self) -> Evidence:
+        """A committed repair whose checks all passed inside its transaction."""
+        return checks_evidence(self.checks) if self.committed else NOT_DONE
 
     def table(self) -> pd.DataFrame:
         if not self.committed and not self.checks:

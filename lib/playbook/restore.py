@@ -38,6 +38,7 @@ from .errors import (
     PreconditionFailed,
     VerificationFailed,
 )
+from .evidence import NOT_DONE, Evidence
 from .exports import Manifest, export_tables, require_sound_export
 from .incidents import run_label
 from .locks import take_playbook_lock
@@ -310,6 +311,13 @@ class RestoreResult:
     restore_seconds: float = 0.0
     terminated: list[tuple] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+
+    def evidence(self) -> Evidence:
+        """An executed restore, in the words of its table."""
+        if not self.executed:
+            return NOT_DONE
+        shown = self.table()
+        return Evidence(True, "; ".join(f"{k}: {v}" for k, v in shown.iloc[:, -1].items()))
 
     def table(self) -> pd.DataFrame:
         rows = [("strategy", self.plan.strategy), ("parallel jobs", self.plan.jobs),

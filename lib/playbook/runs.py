@@ -21,6 +21,7 @@ import pandas as pd
 import psycopg
 
 from . import connecting, journal, notify
+from .evidence import Evidence
 from .gates import (
     Gate,
     confirm_target,
@@ -50,6 +51,11 @@ class Run:
     # queued behind a failed gate.check() when the kernel receives it late, so a closed
     # gate must stop the change itself, not only the cell order.
     gates: list[Gate] = field(default_factory=list, repr=False)
+
+    def evidence(self) -> Evidence:
+        """The run's own record documents the results."""
+        return Evidence(True, f"this executed notebook ({self.notebook}, started "
+                              f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC) is the record")
 
     def add_gate(self, gate: Gate) -> Gate:
         """Keep ``gate`` for this run, replacing one of the same name (its cell re-run)."""

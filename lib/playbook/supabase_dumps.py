@@ -52,6 +52,7 @@ from .backup_kinds import (
     script_lines,
 )
 from .errors import BackupUnusable, PlaybookError
+from .evidence import Evidence
 from .names import split_identifier
 from .restore_errors import (
     COPY_FROM_STDIN,
@@ -439,6 +440,12 @@ class RestoredBackup:
     seconds: float
     counts: dict[str, int]
     script: ScriptRestore | None = None
+
+    def evidence(self) -> Evidence:
+        """Restored into scratch shows the backup tested."""
+        return Evidence(True, f"{self.backup.path.name} restored into scratch "
+                              f"({self.scratch.describe()}): {len(self.counts)} tables, "
+                              f"{sum(self.counts.values()):,} rows")
 
     def table(self) -> pd.DataFrame:
         """Per table: rows the backup holds, rows restored, and whether it is chosen."""

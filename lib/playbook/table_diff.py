@@ -29,6 +29,7 @@ from psycopg import sql
 
 from . import catalog
 from .errors import ObjectNotFound, PreconditionFailed
+from .evidence import Evidence, export_evidence
 from .exports import ExportedFile, Manifest, write_manifest
 from .fingerprint import table_checksum
 from .names import QualifiedName, parse_table_name
@@ -410,6 +411,10 @@ class DiffReport:
     diffs: list[TableDiff]
     folder: Path | None
     manifest: Manifest | None
+
+    def evidence(self) -> Evidence:
+        """The diff's export, while its files match its manifest."""
+        return export_evidence(self.folder)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([d.as_row() for d in self.diffs])

@@ -19,6 +19,7 @@ from .. import backups, flags, restore
 from ..backups import Backup, TestRestore
 from ..checklists import Checklist
 from ..errors import ConfigurationError
+from ..evidence import NOT_DONE, Evidence, checks_evidence
 from ..exports import Manifest, verify_files
 from ..gates import Gate, reject_unknown_answers
 from ..runs import Run
@@ -125,7 +126,7 @@ def gate(run: Run, backup: Backup, tested: TestRestore | None, manifest: Manifes
     asked.verify("backup_before_migration", backup.usable,
                  f"{backup.path.name}, taken {backups.shown_time(backup.taken_at)} UTC")
     asked.verify("backup_restore_tested", tested is not None and tested.passed,
-                 tested.evidence() if tested else "test_restore=False: not tested in this run")
+                 tested.in_words() if tested else "test_restore=False: not tested in this run")
     folder = Path(manifest.extra.get("folder", ""))
     problems = verify_files(folder, manifest) if folder.parts else []
     rows = sum(f.rows for f in manifest.files)
@@ -176,6 +177,9 @@ class RestoreVerification:
     checks: list[Check]
     seconds_from_start: float
     plan: restore.RestorePlan
+
+    def evidence(self) -> Evidence:
+        return checks_evidence(self.checks) if self.executed else NOT_DONE
 
     def table(self) -> pd.DataFrame:
         shown = checks_table(self.checks)

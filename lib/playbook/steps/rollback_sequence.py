@@ -17,6 +17,7 @@ import pglast
 
 from .. import journal
 from ..errors import ConfigurationError
+from ..evidence import Evidence, checks_evidence
 from ..gates import Gate, reject_unknown_answers
 from ..migrations import Migration, load_migration
 from ..names import parse_column_name, parse_table_name
@@ -75,6 +76,9 @@ class RollbackOutcome:
     checks: list[Check]
     summary: str
 
+    def evidence(self) -> Evidence:
+        return checks_evidence(self.checks, self.summary)
+
     def table(self) -> pd.DataFrame:
         rows = [("result", self.summary)]
         rows += [(f"statement {i}", s.text()) for i, s in enumerate(self.plan.steps, 1)]
@@ -126,6 +130,9 @@ class Verification:
     mode: str
     diagnosis: SequenceDiagnosis
     checks: list[Check]
+
+    def evidence(self) -> Evidence:
+        return checks_evidence(self.checks)
 
     def table(self) -> pd.DataFrame:
         return checks_table(self.checks)
