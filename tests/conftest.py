@@ -18,8 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from playbook import demo_app, localdb
-from playbook.fingerprint import database_fingerprint
+from playbook import demo_app
+from playbook.db import localdb
+from playbook.db.fingerprint import database_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORTED_MAJORS = (16, 15)

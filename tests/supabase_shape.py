@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import backups, pgbinaries
+from playbook import backups
+from playbook.db import pgbinaries
 
 ROLES_SQL = """
 DO $$

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import backups, pgbinaries
+from playbook import backups
+from playbook.db import pgbinaries
 
 DAMAGED = ("public.journal_entries", "public.virtues", "public.sponsor_visible_memos")
 

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from helpers import run_cli
-from playbook import backups, localdb
+from playbook import backups
+from playbook.db import localdb
 from playbook.errors import BackupUnusable, ToolTooOld
 
 

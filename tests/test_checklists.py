@@ -20,9 +20,9 @@ from playbook.checklists import (
     closing_checklists,
     for_run,
 )
+from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, PreconditionFailed
 from playbook.exports import export_tables
-from playbook.names import QualifiedName
 from playbook.records import SUCCEEDED, run_notebook
 from playbook.runs import begin_run
 from playbook.steps import full_restore as steps30

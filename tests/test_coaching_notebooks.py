@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
-from playbook import drops, recovery
+from playbook.changesets.migration import load_migration
+from playbook.db.fingerprint import table_checksum
 from playbook.errors import GateClosed
-from playbook.fingerprint import table_checksum
-from playbook.migrations import load_migration
+from playbook.procedures import drops, recovery
 from playbook.runs import begin_run
 from playbook.steps import recover_coaching_tables as steps21
 from playbook.steps import rollback_coaching_tables as steps20

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from playbook import drops, recovery
+from playbook.changesets.migration import load_migration
+from playbook.db.fingerprint import table_checksum
+from playbook.db.locks import take_playbook_lock
+from playbook.db.names import QualifiedName
+from playbook.db.queries import run_script
 from playbook.errors import ExportMismatch, LockBusy, PreconditionFailed, VerificationFailed
 from playbook.exports import export_tables
-from playbook.fingerprint import table_checksum
-from playbook.locks import take_playbook_lock
-from playbook.migrations import load_migration
-from playbook.names import QualifiedName
-from playbook.queries import run_script
+from playbook.procedures import drops, recovery
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 

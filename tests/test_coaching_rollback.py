@@ -10,8 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from playbook import drops
-from playbook.dependencies import find_dependents
+from playbook.changesets.dependencies import find_dependents
+from playbook.changesets.migration import load_migration
+from playbook.changesets.objects import find_in_database, parse_created_objects
+from playbook.db.locks import take_playbook_lock
 from playbook.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -21,10 +23,8 @@ from playbook.errors import (
     ObjectNotFound,
     VerificationFailed,
 )
-from playbook.locks import take_playbook_lock
-from playbook.migration_objects import find_in_database, parse_created_objects
-from playbook.migrations import load_migration
-from playbook.protected_tables import protected_state, protected_tables_untouched
+from playbook.procedures import drops
+from playbook.procedures.protected_tables import protected_state, protected_tables_untouched
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 
@@ -155,7 +155,7 @@ def test_rows_written_after_the_export_are_in_the_final_export_the_drop_leaves(
     import hashlib
     import json
 
-    from playbook import recovery
+    from playbook.procedures import recovery
 
     with demo_db.connect() as conn:
         conn.execute("DELETE FROM public.sponsor_chat_messages WHERE id = 1")
@@ -412,7 +412,7 @@ def test_a_named_foreign_key_of_a_protected_table_goes_and_the_proof_expects_it(
 # --- the export on several sessions sharing one snapshot --------------------------------
 
 def _coaching_tables():
-    from playbook.names import QualifiedName
+    from playbook.db.names import QualifiedName
 
     return [QualifiedName("public", n) for n in
             ("sponsor_connections", "sponsor_visible_memos", "sponsor_chat_messages")]
@@ -515,7 +515,7 @@ def test_include_dependents_given_as_a_string_is_refused_in_plain_words(demo_db,
 
 def test_a_pg_dump_older_than_the_server_is_refused_before_any_file_is_written(
         demo_db, coaching, tmp_path, monkeypatch):
-    from playbook import pgbinaries
+    from playbook.db import pgbinaries
     from playbook.errors import ToolTooOld
 
     run = begin_run("20_rollback_coaching_tables")
@@ -590,7 +590,7 @@ def test_after_the_export_the_gate_shows_the_export_verified(demo_db, coaching, 
 def test_an_objects_oid_is_found_while_it_exists_and_none_once_gone(demo_db, coaching):
     from psycopg import sql
 
-    from playbook.migration_objects import migration_objects, object_oid
+    from playbook.changesets.objects import migration_objects, object_oid
 
     table = next(o for o in migration_objects(coaching) if o.kind == "table")
     with demo_db.connect() as conn:

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from helpers import run_cli
-from playbook import connecting
+from playbook.db import connecting
 from playbook.errors import ConfigurationError, ConnectionFailed, UnsafeConnection
 
 

@@ -6,8 +6,9 @@ import psycopg
 import pytest
 
 from helpers import run_cli
-from playbook import demo_app, localdb
-from playbook.fingerprint import database_fingerprint
+from playbook import demo_app
+from playbook.db import localdb
+from playbook.db.fingerprint import database_fingerprint
 
 # The document's step 4 test insert, with real profile ids (the FKs refuse random ones).
 TEST_INSERT = (

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
-from playbook import backups, connecting, localdb, restore
+from playbook import backups
+from playbook.db import connecting, localdb
 from playbook.errors import ConfigurationError
+from playbook.procedures import restore
 from playbook.steps import full_restore as steps30
 
 STEM = "30_full_restore"

@@ -109,8 +109,9 @@ def test_showing_a_gate_again_closes_the_widgets_of_the_previous_showing():
 def test_a_step_that_changes_the_database_refuses_while_a_gate_of_its_run_is_closed(demo_db):
     """In JupyterLab, Run All can still start a cell queued behind a failed gate.check()
     (the kernel aborts only what it has already received). The change must refuse itself."""
-    from playbook import demo_app, sequences
-    from playbook.names import QualifiedName
+    from playbook import demo_app
+    from playbook.db.names import QualifiedName
+    from playbook.procedures import sequences
     from playbook.runs import begin_run
 
     with demo_db.connect() as conn:
@@ -133,7 +134,7 @@ def test_a_step_that_changes_the_database_refuses_while_a_gate_of_its_run_is_clo
 
 
 def test_the_coaching_export_refuses_while_the_stop_gate_is_closed(demo_db, tmp_path):
-    from playbook.migrations import load_migration
+    from playbook.changesets.migration import load_migration
     from playbook.runs import begin_run
 
     run = begin_run("20_rollback_coaching_tables", mode="execute", confirm_database=demo_db.name)

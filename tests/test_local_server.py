@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from helpers import run_cli
-from playbook import localdb, pgbinaries
+from playbook.db import localdb, pgbinaries
 from playbook.errors import LocalServerError
 
 

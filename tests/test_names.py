@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
+from playbook.db.names import QualifiedName, parse_table_name, split_identifier, table_oid
 from playbook.errors import ConfigurationError, ObjectNotFound
-from playbook.names import QualifiedName, parse_table_name, split_identifier, table_oid
 
 
 @pytest.mark.parametrize(

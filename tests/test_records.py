@@ -259,9 +259,10 @@ def _run_of(incident_id: str, notebook: str):
 
 def test_every_notebooks_export_lands_beside_the_records_of_its_incident(tmp_path,
                                                                          monkeypatch):
-    from playbook import drops, repair, restore
+    from playbook.changesets.migration import load_migration
     from playbook.incidents import incident_folder
-    from playbook.migrations import load_migration
+    from playbook.procedures import drops, restore
+    from playbook.procedures import table_repair as repair
 
     monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))
     records_folder = incident_folder("INC-7")  # where `playbook run` writes the records
@@ -285,7 +286,7 @@ def test_every_notebooks_export_lands_beside_the_records_of_its_incident(tmp_pat
 
 def test_a_run_without_an_incident_id_keeps_its_exports_in_a_folder_named_after_its_start(
         tmp_path, monkeypatch):
-    from playbook import restore
+    from playbook.procedures import restore
 
     monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))
     run = _run_of("", "30_full_restore")
@@ -312,9 +313,9 @@ def test_jupyterlab_inside_notebooks_and_papermill_from_the_root_share_one_incid
 
 def test_a_rehearsed_drop_keeps_its_export_with_the_rehearsal_never_among_real_incidents(
         demo_db, tmp_path, monkeypatch):
-    from playbook import recovery
+    from playbook.changesets.migration import load_migration
     from playbook.errors import ExportMismatch
-    from playbook.migrations import load_migration
+    from playbook.procedures import recovery
     from playbook.rehearsal import rehearse
 
     monkeypatch.setenv("PLAYBOOK_INCIDENTS", str(tmp_path / "incidents"))

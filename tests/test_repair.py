@@ -5,9 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from playbook import localdb, repair, table_diff
+from playbook.db import localdb
+from playbook.db.names import QualifiedName
 from playbook.errors import ConnectionFailed, PreconditionFailed
-from playbook.names import QualifiedName
+from playbook.procedures import table_diff
+from playbook.procedures import table_repair as repair
 from surgical_helpers import DAMAGED, damage, rows_by_id
 
 

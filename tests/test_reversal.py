@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from catalog_description import describe_schema, differences
-from playbook import localdb
 from playbook.backups import take_backup
+from playbook.db import localdb
 from playbook.errors import (
     BackupUnusable,
     ConfigurationError,
@@ -370,8 +370,8 @@ def test_a_backup_that_already_holds_the_migration_is_refused(pg_cluster, databa
 
 def test_the_application_is_verified_by_the_change_set_s_checks_never_the_demo_s(
         pg_cluster, databases):
-    from playbook.health import change_set_checks
-    from playbook.migrations import load_migration
+    from playbook.changesets.migration import load_migration
+    from playbook.procedures.health import change_set_checks
 
     folder = read_migrations_folder(CORPUS / "billing")
     live = databases(folder.files)
@@ -445,7 +445,7 @@ def test_putting_back_dropped_data_needs_a_backup():
 
 
 def test_a_file_of_a_supabase_migrations_folder_is_reversed_from_its_folder():
-    from playbook.migrations import load_migration
+    from playbook.changesets.migration import load_migration
 
     folder = read_migrations_folder(CORPUS / "chat")
     target = folder.find("20240215120000")

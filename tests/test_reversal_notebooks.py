@@ -12,7 +12,7 @@ import pytest
 
 from catalog_description import describe_schema, differences
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import localdb
+from playbook.db import localdb
 from playbook.reversal.shadow import build_shadow, read_migrations_folder
 from test_reversal import CORPUS, _chat_rows, _checksums, _history
 

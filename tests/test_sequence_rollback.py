@@ -11,7 +11,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from playbook import demo_app, sequences
+from playbook import demo_app
+from playbook.db.locks import lock_key
 from playbook.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -19,7 +20,7 @@ from playbook.errors import (
     LockBusy,
     ObjectNotFound,
 )
-from playbook.locks import lock_key
+from playbook.procedures import sequences
 from playbook.runs import begin_run
 from playbook.steps import rollback_sequence as steps10
 

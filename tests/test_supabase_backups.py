@@ -16,7 +16,8 @@ import pytest
 
 import supabase_shape as shape
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import backup_kinds, localdb, scratch_servers, supabase_dumps
+from playbook import backup_kinds, supabase_dumps
+from playbook.db import localdb, scratch_servers
 from playbook.errors import ConfigurationError
 from playbook.flags import flag
 from playbook.steps import full_restore as steps30

@@ -6,10 +6,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from playbook import localdb, table_diff
+from playbook.db import localdb
+from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, ObjectNotFound
 from playbook.exports import require_sound_export
-from playbook.names import QualifiedName
+from playbook.procedures import table_diff
 from surgical_helpers import damage
 
 

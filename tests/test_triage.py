@@ -6,9 +6,9 @@ import pytest
 
 from notebook_runs import run_notebook, shipped_parameters
 from playbook import demo_app
+from playbook.changesets.migration import known_migrations
 from playbook.errors import ConfigurationError
-from playbook.migrations import known_migrations
-from playbook.triage import (
+from playbook.procedures.triage import (
     FULL_RESTORE,
     RESTORE_TABLES,
     TriageQuestions,

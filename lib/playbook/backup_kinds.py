@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import backups
+from .db.names import split_identifier
 from .errors import BackupUnusable, ConfigurationError
-from .names import split_identifier
 from .restore_errors import COPY_FROM_STDIN, IDENTIFIER, key_or_none
 
 SKIPPED_DATABASES = ("template0", "template1")

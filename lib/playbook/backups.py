@@ -29,11 +29,11 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import psycopg
 
-from . import connecting, localdb
+from .db import connecting, localdb
+from .db.names import QualifiedName, split_identifier
 from .errors import BackupUnusable, ConfigurationError, PlaybookError
 from .evidence import NOT_DONE, Evidence
 from .exports import client_environment
-from .names import QualifiedName, split_identifier
 
 KIND_PG_DUMP_CUSTOM = "pg_dump custom archive"
 CUSTOM_MAGIC = b"PGDMP"
@@ -123,7 +123,7 @@ def run_tool(program: Path, args: list[str], *, url: str | None = None,
 
 
 def _client(name: str, server_major: int | None) -> Path:
-    from .pgbinaries import candidate_bindirs, client_program
+    from .db.pgbinaries import candidate_bindirs, client_program
 
     if server_major is not None:
         return client_program(name, server_major)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import psycopg
 
-from . import backups, connecting, demo_app, localdb, parameters, records
+from . import backups, demo_app, parameters, records
+from .db import connecting, localdb
+from .db.names import QualifiedName
 from .errors import PreconditionFailed
-from .names import QualifiedName
 from .verification import row_counts
 
 DEMO_ENV = "DATABASE_URL"

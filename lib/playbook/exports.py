@@ -32,8 +32,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from .db.names import QualifiedName
 from .errors import ExportFailed, ExportMismatch
-from .names import QualifiedName
 
 MANIFEST = "manifest.json"
 INCOMPLETE = "INCOMPLETE"  # present while an export is being written
@@ -649,7 +649,7 @@ def client_environment(url: str) -> dict[str, str]:
     process is told where to connect, so the password never appears in its argv."""
     import os
 
-    from . import connecting
+    from .db import connecting
 
     params = connecting.parse(url)
     env = dict(os.environ)
@@ -674,8 +674,8 @@ def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
     caller already chose it (see :func:`pgbinaries.client_program`)."""
     import subprocess
 
-    from .connecting import redact
-    from .pgbinaries import client_program
+    from .db.connecting import redact
+    from .db.pgbinaries import client_program
 
     pg_dump = pg_dump or client_program("pg_dump", server_major)
     args = [str(pg_dump), "--format=custom", "--no-password", f"--file={path}"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .migrations import known_migrations
+from .changesets.migration import known_migrations
 from .rehearsal import PASSED, last_rehearsal
 
 SAFETY = {"safe": "✅ Safe", "destructive": "❌ Destructive"}

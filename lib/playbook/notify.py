@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from . import connecting
+from .db import connecting
 
 NOTIFY_ENV = "PLAYBOOK_NOTIFY"
 STARTED, GATE_STOPPED, COMMITTED, ENDED, DIED = (

@@ -14,7 +14,7 @@ from pathlib import Path
 import papermill
 import yaml
 
-from . import connecting
+from .db import connecting
 from .errors import ConfigurationError, ObjectNotFound
 from .project import PLAYBOOK_ROOT, project_folder
 

@@ -48,7 +48,8 @@ import nbformat
 import pandas as pd
 import papermill
 
-from . import connecting, journal, notify
+from . import journal, notify
+from .db import connecting
 from .errors import ConfigurationError, PreconditionFailed
 from .incidents import FOLDER_NAME as _FOLDER
 from .incidents import incident_folder, incidents_root, require_incident_id

@@ -24,7 +24,8 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pgerrors
 
-from . import connecting, localdb
+from .db import connecting, localdb
+from .db.pgbinaries import client_program
 from .errors import PlaybookError, PreconditionFailed
 from .incidents import incidents_root
 from .parameters import (
@@ -33,7 +34,6 @@ from .parameters import (
     resolve_notebook,
     shipped_parameter_file,
 )
-from .pgbinaries import client_program
 from .records import SUCCEEDED, run_notebook
 from .verification import application_checks
 

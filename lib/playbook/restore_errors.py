@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .db.names import QualifiedName, split_identifier
 from .errors import PlaybookError
-from .names import QualifiedName, split_identifier
 
 # Schemas Supabase manages itself; tables there are not the application's data.
 SUPABASE_SCHEMAS = (
@@ -149,7 +149,7 @@ class Chosen:
 
     @classmethod
     def of(cls, tables=(), schemas=()) -> Chosen:
-        from .names import parse_table_name
+        from .db.names import parse_table_name
 
         return cls(frozenset(str(parse_table_name(t)) for t in tables or ()),
                    frozenset(schemas or ()) if not tables else frozenset())

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import psycopg
 
-from . import connecting, journal, notify
+from . import journal, notify
+from .db import connecting
 from .evidence import Evidence
 from .gates import (
     Gate,

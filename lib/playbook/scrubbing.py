@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from . import connecting, notify
+from . import notify
+from .db import connecting
 from .errors import RecordRefused
 
 

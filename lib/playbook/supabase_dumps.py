@@ -35,7 +35,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, connecting, localdb, scratch_servers
+from . import backups
 from .backup_kinds import (
     CONNECT,
     DATABASE_STATEMENT,
@@ -51,9 +51,10 @@ from .backup_kinds import (
     scan_script,
     script_lines,
 )
+from .db import connecting, localdb, scratch_servers
+from .db.names import split_identifier
 from .errors import BackupUnusable, PlaybookError
 from .evidence import Evidence
-from .names import split_identifier
 from .restore_errors import (
     COPY_FROM_STDIN,
     Chosen,
@@ -264,7 +265,7 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
     statement that failed. ``data_only`` scripts (the CLI's data.sql) run with triggers
     and foreign keys off (``session_replication_role = replica``), as pg_restore's
     ``--disable-triggers`` would: a trigger must not rewrite the backup's rows."""
-    from .pgbinaries import client_program
+    from .db.pgbinaries import client_program
 
     workdir.mkdir(parents=True, exist_ok=True)
     psql = client_program("psql", scratch.server.major if scratch.server else 0)

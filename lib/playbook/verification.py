@@ -14,8 +14,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from .db.names import QualifiedName, table_exists
 from .errors import ConfigurationError, VerificationFailed
-from .names import QualifiedName, table_exists
 
 # The application's own tables (the document's "other data ... unaffected").
 APPLICATION_TABLES = (
@@ -151,7 +151,7 @@ def application_checks(conn: psycopg.Connection,
     database is never failed for lacking the demo's tables: only what exists is checked,
     and ``expected_counts`` names the rest. ``tables`` (the ``checks`` parameter) names the
     tables that must exist and be readable instead; a missing one fails."""
-    from .names import parse_table_name
+    from .db.names import parse_table_name
 
     checks = []
     if tables:

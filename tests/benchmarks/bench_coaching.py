@@ -27,12 +27,14 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import demo_app, drops, exports, localdb, recovery
+from playbook import demo_app, exports
+from playbook.changesets.migration import load_migration
+from playbook.db import localdb
+from playbook.db.names import QualifiedName
+from playbook.db.pgbinaries import client_program
+from playbook.db.queries import run_script
 from playbook.exports import client_environment, export_tables
-from playbook.migrations import load_migration
-from playbook.names import QualifiedName
-from playbook.pgbinaries import client_program
-from playbook.queries import run_script
+from playbook.procedures import drops, recovery
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "coaching"

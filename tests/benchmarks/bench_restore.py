@@ -10,7 +10,9 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import backups, connecting, demo_app, localdb, restore
+from playbook import backups, demo_app
+from playbook.db import connecting, localdb
+from playbook.procedures import restore
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 1_000_000

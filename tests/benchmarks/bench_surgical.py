@@ -17,8 +17,11 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import backups, demo_app, localdb, pgbinaries, repair, supabase_dumps, table_diff
-from playbook.names import QualifiedName
+from playbook import backups, demo_app, supabase_dumps
+from playbook.db import localdb, pgbinaries
+from playbook.db.names import QualifiedName
+from playbook.procedures import table_diff
+from playbook.procedures import table_repair as repair
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "surgical"

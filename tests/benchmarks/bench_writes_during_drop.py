@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg
 from bench_coaching import LoginProbe, loaded_database
 
-from playbook import drops
-from playbook.migrations import load_migration
+from playbook.changesets.migration import load_migration
+from playbook.procedures import drops
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 

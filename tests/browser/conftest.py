@@ -23,8 +23,9 @@ import psycopg
 import pytest
 from lab_driver import LabPage
 
-from playbook import connecting, demo_app, localdb
+from playbook import demo_app
 from playbook.cli.lab import LabServer, start_lab
+from playbook.db import connecting, localdb
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output" / "browser"

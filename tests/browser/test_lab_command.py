@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from playbook import connecting
+from playbook.db import connecting
 
 
 def _lines(stream, into: queue.Queue) -> None:

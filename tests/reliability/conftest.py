@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from playbook.changesets.migration import Migration, load_migration
 from playbook.exports import require_sound_export
-from playbook.migrations import Migration, load_migration
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 

@@ -20,14 +20,9 @@ from pathlib import Path
 import pytest
 
 from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
-from playbook import (
-    backups,
-    connecting,
-    drops,
-    pgbinaries,
-    recovery,
-    repair,
-)
+from playbook import backups
+from playbook.changesets.migration import load_migration
+from playbook.db import connecting, pgbinaries
 from playbook.errors import (
     BackupUnusable,
     ConfigurationError,
@@ -41,7 +36,8 @@ from playbook.errors import (
     UnsafeConnection,
     WrongDatabase,
 )
-from playbook.migrations import load_migration
+from playbook.procedures import drops, recovery
+from playbook.procedures import table_repair as repair
 from playbook.runs import begin_run
 from playbook.steps import full_restore as steps30
 from playbook.steps import recover_coaching_tables as steps21

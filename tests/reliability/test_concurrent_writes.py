@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import drops
 from playbook.errors import PlaybookError
+from playbook.procedures import drops
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 from reliability.conftest import coaching_tables_present

@@ -19,7 +19,9 @@ import threading
 import psycopg
 import pytest
 
-from playbook import connecting, demo_app, drops, localdb, recovery, repair, table_diff
+from playbook import demo_app
+from playbook.db import connecting, localdb
+from playbook.db.names import QualifiedName
 from playbook.errors import (
     ConnectionFailed,
     ExportFailed,
@@ -29,7 +31,8 @@ from playbook.errors import (
     PlaybookError,
 )
 from playbook.exports import require_sound_export
-from playbook.names import QualifiedName
+from playbook.procedures import drops, recovery, table_diff
+from playbook.procedures import table_repair as repair
 from playbook.runs import begin_run
 from playbook.steps import recover_coaching_tables as steps21
 from playbook.steps import rollback_coaching_tables as steps20

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from playbook import drops, recovery
 from playbook.errors import ExportMismatch
+from playbook.procedures import drops, recovery
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 from reliability.conftest import coaching_tables_present
@@ -111,7 +111,7 @@ _EXPORT_IN_A_CHILD = """
 import sys
 from pathlib import Path
 from playbook import drops
-from playbook.migrations import load_migration
+from playbook.changesets.migration import load_migration
 from playbook.runs import begin_run
 steps20.export_data(begin_run("20_rollback_coaching_tables"),
                             load_migration("coaching_tables"), Path(sys.argv[1]),

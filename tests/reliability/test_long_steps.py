@@ -12,11 +12,13 @@ import uuid
 import psycopg
 import pytest
 
-from playbook import connecting, demo_app, drops, localdb, recovery
+from playbook import demo_app
+from playbook.changesets.objects import find_in_database
+from playbook.db import connecting, localdb
+from playbook.db.fingerprint import table_checksum
+from playbook.db.names import QualifiedName
 from playbook.exports import export_tables
-from playbook.fingerprint import table_checksum
-from playbook.migration_objects import find_in_database
-from playbook.names import QualifiedName
+from playbook.procedures import drops, recovery
 
 COACHING = (("public", "sponsor_connections"), ("public", "sponsor_chat_messages"),
             ("public", "sponsor_visible_memos"))

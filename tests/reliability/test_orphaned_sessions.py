@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from helpers import run_cli
-from playbook import drops
+from playbook.db.locks import end_stale_backend, take_playbook_lock
 from playbook.errors import LockBusy, PreconditionFailed
-from playbook.locks import end_stale_backend, take_playbook_lock
+from playbook.procedures import drops
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 

@@ -19,7 +19,8 @@ import pytest
 from psycopg import conninfo, sql
 
 from notebook_runs import run_notebook, shipped_parameters
-from playbook import backups, pgbinaries, records
+from playbook import backups, records
+from playbook.db import pgbinaries
 from playbook.runs import begin_run
 
 

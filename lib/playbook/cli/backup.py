@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import backups, localdb
+from .. import backups
+from ..db import localdb
 
 DEFAULT_FOLDER = "backups"
 

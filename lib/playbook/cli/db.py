@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import connecting
-from ..localdb import DEFAULT_CLUSTER, LocalCluster
+from ..db import connecting
+from ..db.localdb import DEFAULT_CLUSTER, LocalCluster
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from .. import connecting, demo_app, localdb
+from .. import demo_app
+from ..db import connecting, localdb
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import connecting, localdb
+from ..db import connecting, localdb
 from ..errors import ConfigurationError, LocalServerError
 
 DEFAULT_PORT = 8888

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import connecting, localdb
-from ..locks import end_stale_backend, lock_holders
+from ..db import connecting, localdb
+from ..db.locks import end_stale_backend, lock_holders
 
 
 def register(sub: argparse._SubParsersAction) -> None:

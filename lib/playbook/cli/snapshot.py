@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import localdb
+from ..db import localdb
 from ..reversal.shadow import migration_file, read_migrations_folder
 from ..reversal.snapshot import take_snapshot
 

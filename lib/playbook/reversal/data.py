@@ -24,10 +24,10 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from ..catalog import advance_sequences
+from ..db.catalog import advance_sequences
+from ..db.names import QualifiedName
 from ..errors import VerificationFailed
 from ..exports import ExportedFile, Manifest
-from ..names import QualifiedName
 from .schema_diff import MANAGED_SCHEMAS
 
 _TABLES = """

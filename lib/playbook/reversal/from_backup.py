@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from .. import localdb
 from ..backup_kinds import read_any_backup
+from ..db import localdb
 from ..errors import BackupUnusable, PlaybookError
 from ..supabase_dumps import restore_to_scratch
 from .plan import ShadowStates

@@ -28,10 +28,10 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .. import localdb
+from ..changesets.objects import object_oid, parse_created_objects
+from ..db import localdb
+from ..db.scratch_servers import remove_placeholder_roles
 from ..errors import DependentObjectsExist, PreconditionFailed, VerificationFailed
-from ..migration_objects import object_oid, parse_created_objects
-from ..scratch_servers import remove_placeholder_roles
 from .schema_diff import schema_plan
 from .shadow import MigrationFile, MigrationsFolder, build_shadow, first_failure
 

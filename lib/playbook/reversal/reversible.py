@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import journal
+from ..db.scratch_servers import scratch_server
 from ..errors import ConfigurationError, ExportMismatch
 from ..exports import MANIFEST, export_tables, read_manifest, require_sound_export, verify_files
 from ..flags import flag
-from ..scratch_servers import scratch_server
 from ..verification import Check, checks_table
 from . import plan as planning
 from .data import data_at_stake

@@ -20,8 +20,10 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from ..catalog import advance_sequences
-from ..connecting import bulk_step_limits
+from ..db.catalog import advance_sequences
+from ..db.connecting import bulk_step_limits
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName
 from ..errors import ExportFailed, ExportMismatch, PreconditionFailed, VerificationFailed
 from ..exports import (
     ExportedFile,
@@ -33,8 +35,6 @@ from ..exports import (
     verify_files,
     write_manifest,
 )
-from ..locks import take_playbook_lock
-from ..names import QualifiedName
 from ..verification import Check
 from .data import DataAtStake, lock_against_writes, put_back_dropped, restore_at_stake
 from .plan import ReversePlan, ShadowStates, history_removal, perform_reversal

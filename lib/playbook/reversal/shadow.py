@@ -19,9 +19,9 @@ import pglast
 import psycopg
 from pglast import ast
 
+from ..changesets.migration import read_sql_file
+from ..db.scratch_servers import create_placeholder_roles, prepare_database
 from ..errors import ConfigurationError, ObjectNotFound, PreconditionFailed
-from ..migrations import read_sql_file
-from ..scratch_servers import create_placeholder_roles, prepare_database
 from ..supabase_dumps import BASE_SQL as SUPABASE_BASE_SQL
 
 SHADOW_BASE = Path(__file__).resolve().parent / "shadow_base.sql"

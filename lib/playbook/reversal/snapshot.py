@@ -16,8 +16,8 @@ import psycopg
 from pglast import ast, enums
 
 from ..backups import Backup, take_backup
+from ..db.names import QualifiedName
 from ..errors import ConfigurationError
-from ..names import QualifiedName
 from .shadow import MigrationFile
 
 DEFAULT_SCHEMA = "public"

@@ -4,7 +4,7 @@ The document's five steps: verify the backup exists (chosen, read to its end, re
 into a scratch database), prepare (who is connected, export the rows written after the
 backup, the plan), restore, verify, restart the application (give connections back, and
 optionally re-insert the exported rows). The plan and the restore are
-:mod:`playbook.restore`; the backups :mod:`playbook.backups`.
+:mod:`playbook.procedures.restore`; the backups :mod:`playbook.backups`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import backups, flags, restore
+from .. import backups, flags
 from ..backups import Backup, TestRestore
 from ..checklists import Checklist
 from ..errors import ConfigurationError
 from ..evidence import NOT_DONE, Evidence, checks_evidence
 from ..exports import Manifest, verify_files
 from ..gates import Gate, reject_unknown_answers
+from ..procedures import restore
 from ..runs import Run
 from ..verification import Check, checks_table
 

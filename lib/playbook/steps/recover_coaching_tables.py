@@ -2,7 +2,7 @@
 its exported data back.
 
 Find the export and verify it, look at what exists now, review the recovery as it will
-run, the gate, then recover and prove it in one transaction (:mod:`playbook.recovery`),
+run, the gate, then recover and prove it in one transaction (:mod:`playbook.procedures.recovery`),
 and verify the application. A migration reversed by schema diff brings its own steps.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from .. import journal
-from ..connecting import lock_timeout_setting
-from ..drops import DEFAULT_LOCK_TIMEOUT
+from ..changesets.migration import Migration
+from ..changesets.objects import Inventory
+from ..db.connecting import lock_timeout_setting
 from ..exports import csv_columns, import_statement
 from ..gates import Gate
-from ..migration_objects import Inventory
-from ..migrations import Migration
-from ..recovery import (
+from ..procedures.drops import DEFAULT_LOCK_TIMEOUT
+from ..procedures.recovery import (
     RECOVERY_QUESTIONS,
     check_export,
     find_export,

@@ -3,8 +3,8 @@ backup (the partial rollback for damaged data).
 
 Restore the backup into a scratch database, diff the chosen tables (backup against live,
 exported), the repair as it will run, the gate, repair in one transaction, verify, drop
-the scratch database. The diff is :mod:`playbook.table_diff`, the repair
-:mod:`playbook.repair`, the backup kinds :mod:`playbook.supabase_dumps`.
+the scratch database. The diff is :mod:`playbook.procedures.table_diff`, the repair
+:mod:`playbook.procedures.table_repair`, the backup kinds :mod:`playbook.supabase_dumps`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,19 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from .. import backup_kinds, flags, journal, supabase_dumps, table_diff
+from .. import backup_kinds, flags, journal, supabase_dumps
 from ..backups import shown_time
 from ..errors import ConfigurationError
 from ..gates import Gate, reject_unknown_answers
-from ..repair import MISSING, RepairPlan, RepairResult, diff_export_folder, execute_repair
-from ..repair import plan_repair as plan_table_repair
+from ..procedures import table_diff
+from ..procedures.table_repair import (
+    MISSING,
+    RepairPlan,
+    RepairResult,
+    diff_export_folder,
+    execute_repair,
+)
+from ..procedures.table_repair import plan_repair as plan_table_repair
 from ..runs import Run
 from ..verification import Check, application_checks, checks_table
 

@@ -2,7 +2,7 @@
 
 The document's order: review what will be deleted (step 2), the STOP questions, export the
 data, verified (step 1), perform the rollback (step 3), verify the application (step 4).
-The plan, the export and the drop are :mod:`playbook.drops`; a migration reversed by
+The plan, the export and the drop are :mod:`playbook.procedures.drops`; a migration reversed by
 schema diff (:class:`~playbook.reversal.reversible.ReversibleMigration`) brings its own.
 """
 
@@ -14,14 +14,19 @@ import pandas as pd
 from IPython.display import display
 
 from .. import journal
-from ..connecting import lock_timeout_setting
-from ..dependencies import (
+from ..changesets.dependencies import (
     check_include_dependents,
     dependents_table,
     find_dependents,
     require_no_unlisted_dependents,
 )
-from ..drops import (
+from ..changesets.migration import Migration
+from ..changesets.objects import Inventory, find_in_database
+from ..db.connecting import lock_timeout_setting
+from ..db.pgbinaries import client_program
+from ..exports import MANIFEST, dump_archive, export_tables, mark_complete, write_manifest
+from ..gates import Gate
+from ..procedures.drops import (
     DEFAULT_LOCK_TIMEOUT,
     STOP_QUESTIONS,
     DropPlan,
@@ -33,11 +38,6 @@ from ..drops import (
     perform_drop,
     rows_dropped,
 )
-from ..exports import MANIFEST, dump_archive, export_tables, mark_complete, write_manifest
-from ..gates import Gate
-from ..migration_objects import Inventory, find_in_database
-from ..migrations import Migration
-from ..pgbinaries import client_program
 from ..reversal.reversible import ReversibleMigration
 from ..runs import Run
 

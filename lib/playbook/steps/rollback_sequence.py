@@ -2,7 +2,7 @@
 
 Four steps, as the document has them: verify the issue, run the rollback (its dry run
 first), verify, recovery (the change set's forward script). The diagnosis and the
-statements come from :mod:`playbook.sequences`; this module runs them in the
+statements come from :mod:`playbook.procedures.sequences`; this module runs them in the
 transactions the procedure needs. In review mode nothing is changed.
 """
 
@@ -16,14 +16,13 @@ import pandas as pd
 import pglast
 
 from .. import journal
+from ..changesets.migration import Migration, load_migration
+from ..db.names import parse_column_name, parse_table_name
+from ..db.queries import run_script, translated_errors
 from ..errors import ConfigurationError
 from ..evidence import Evidence, checks_evidence
 from ..gates import Gate, reject_unknown_answers
-from ..migrations import Migration, load_migration
-from ..names import parse_column_name, parse_table_name
-from ..queries import run_script, translated_errors
-from ..runs import Run
-from ..sequences import (
+from ..procedures.sequences import (
     DEFAULT_CHANGE_SET,
     DEFAULT_COLUMN,
     DEFAULT_TABLE,
@@ -36,6 +35,7 @@ from ..sequences import (
     reset_plan,
     verification_checks,
 )
+from ..runs import Run
 from ..verification import Check, checks_table
 
 

@@ -3,7 +3,7 @@
 What the database shows (each known migration's tables and rows, the sequence's health,
 orphaned profiles), the document's decision tree answered beside that evidence, the
 alternatives to consider first, the Prerequisites checklist and the recommended notebook.
-Triage only reads. The tree and the evidence are :mod:`playbook.triage`.
+Triage only reads. The tree and the evidence are :mod:`playbook.procedures.triage`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import pandas as pd
 
 from ..checklists import Checklist
+from ..procedures.triage import Decision, Evidence, TriageQuestions, look_at_database
 from ..runs import Run
-from ..triage import Decision, Evidence, TriageQuestions, look_at_database
 
 
 def what_the_database_shows(run: Run) -> Evidence:

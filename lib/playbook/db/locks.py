@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import conninfo
 
-from .errors import LockBusy, PreconditionFailed
+from ..errors import LockBusy, PreconditionFailed
 
 # First key of the two-key advisory lock space: ASCII "PB" ("playbook").
 LOCK_CLASS = 0x5042

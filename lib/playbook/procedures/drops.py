@@ -42,16 +42,21 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import catalog
-from .connecting import bulk_step_limits, lock_timeout_setting
-from .dependencies import (
+from ..changesets.dependencies import (
     Dependent,
     check_include_dependents,
     find_dependents,
     require_no_unlisted_dependents,
 )
-from .errors import DependentObjectsExist, ExportFailed, ExportMismatch
-from .exports import (
+from ..changesets.migration import Migration
+from ..changesets.objects import FoundObject, Inventory, find_in_database, object_oid
+from ..db import catalog
+from ..db.connecting import bulk_step_limits, lock_timeout_setting
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName
+from ..db.queries import translated_errors
+from ..errors import DependentObjectsExist, ExportFailed, ExportMismatch
+from ..exports import (
     INCOMPLETE,
     Manifest,
     export_in_transaction,
@@ -64,19 +69,14 @@ from .exports import (
     verify_files,
     write_manifest,
 )
-from .incidents import export_folder
-from .locks import take_playbook_lock
-from .migration_objects import FoundObject, Inventory, find_in_database, object_oid
-from .migrations import Migration
-from .names import QualifiedName
+from ..incidents import export_folder
+from ..verification import Check, checks_table, require_all_pass
 from .protected_tables import (
     ProtectedTable,
     counts_changes,
     protected_state,
     protected_tables_untouched,
 )
-from .queries import translated_errors
-from .verification import Check, checks_table, require_all_pass
 
 DEFAULT_LOCK_TIMEOUT = "2s"
 

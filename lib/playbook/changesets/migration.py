@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .errors import ConfigurationError, ObjectNotFound
-from .migration_objects import parse_created_objects
-from .names import QualifiedName, parse_column_name, parse_table_name
-from .verification import NamedCheck
+from ..db.names import QualifiedName, parse_column_name, parse_table_name
+from ..errors import ConfigurationError, ObjectNotFound
+from ..verification import NamedCheck
+from .objects import parse_created_objects
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 DESCRIPTION = "migration.yaml"
 
 
@@ -119,7 +119,7 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
         migrations_folder = str(Path(str(name_or_path)).expanduser().resolve().parent)
     if migrations_folder or backup:
         # Imported here: the reversal builds on migration_objects, which imports this module.
-        from .reversal.reversible import load_reversible_migration
+        from ..reversal.reversible import load_reversible_migration
 
         return load_reversible_migration(str(name_or_path), migrations_folder=migrations_folder,
                                          backup=backup, scratch_url_env=scratch_url_env,

@@ -8,7 +8,7 @@ import urllib.request
 
 import psycopg
 
-from .verification import (
+from ..verification import (
     Check,
     application_checks,
     checks_table,

@@ -30,21 +30,17 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import backups, catalog, connecting, incidents, localdb
-from .backups import Backup, TestRestore
-from .errors import (
-    ConfigurationError,
-    ExportMismatch,
-    PreconditionFailed,
-    VerificationFailed,
-)
-from .evidence import NOT_DONE, Evidence
-from .exports import Manifest, export_tables, require_sound_export
-from .incidents import run_label
-from .locks import take_playbook_lock
-from .names import QualifiedName
-from .queries import table, translated_errors
-from .verification import Check, orphaned_profiles, require_all_pass
+from .. import backups, incidents
+from ..backups import Backup, TestRestore
+from ..db import catalog, connecting, localdb
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName
+from ..db.queries import table, translated_errors
+from ..errors import ConfigurationError, ExportMismatch, PreconditionFailed, VerificationFailed
+from ..evidence import NOT_DONE, Evidence
+from ..exports import Manifest, export_tables, require_sound_export
+from ..incidents import run_label
+from ..verification import Check, orphaned_profiles, require_all_pass
 
 STRATEGIES = ("in_place", "swap")
 USER_SCHEMAS_SQL = sql.SQL("""n.nspname NOT IN ('pg_catalog', 'information_schema')

@@ -27,12 +27,12 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import catalog
-from .errors import ObjectNotFound, PreconditionFailed
-from .evidence import Evidence, export_evidence
-from .exports import ExportedFile, Manifest, write_manifest
-from .fingerprint import table_checksum
-from .names import QualifiedName, parse_table_name
+from ..db import catalog
+from ..db.fingerprint import table_checksum
+from ..db.names import QualifiedName, parse_table_name
+from ..errors import ObjectNotFound, PreconditionFailed
+from ..evidence import Evidence, export_evidence
+from ..exports import ExportedFile, Manifest, write_manifest
 
 BATCH = 5_000
 ITERSIZE = 20_000

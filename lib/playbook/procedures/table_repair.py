@@ -33,17 +33,18 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from . import catalog, table_diff
-from .errors import ConfigurationError, PreconditionFailed
-from .evidence import NOT_DONE, Evidence, checks_evidence
-from .fingerprint import table_checksum
-from .incidents import export_folder, run_label
-from .locks import take_playbook_lock
-from .names import QualifiedName, parse_table_name
-from .queries import translated_errors
-from .runs import Run
+from ..db import catalog
+from ..db.fingerprint import table_checksum
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName, parse_table_name
+from ..db.queries import translated_errors
+from ..errors import ConfigurationError, PreconditionFailed
+from ..evidence import NOT_DONE, Evidence, checks_evidence
+from ..incidents import export_folder, run_label
+from ..runs import Run
+from ..verification import Check, checks_table, require_all_pass
+from . import table_diff
 from .table_diff import ADDED, CHANGED, DELETED, KeySink, TableDiff, TableShape
-from .verification import Check, checks_table, require_all_pass
 
 MISSING, MISSING_CHANGED, REPLACE = "missing", "missing+changed", "replace"
 STRATEGIES = (MISSING, MISSING_CHANGED, REPLACE)

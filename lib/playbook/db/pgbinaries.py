@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PostgresNotFound, ToolTooOld
+from ..errors import PostgresNotFound, ToolTooOld
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 

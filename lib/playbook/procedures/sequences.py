@@ -29,11 +29,11 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .errors import ObjectNotFound, PreconditionFailed
-from .locks import take_playbook_lock
-from .names import QualifiedName, require_column, table_oid
-from .queries import translated_errors
-from .verification import Check, require_all_pass
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName, require_column, table_oid
+from ..db.queries import translated_errors
+from ..errors import ObjectNotFound, PreconditionFailed
+from ..verification import Check, require_all_pass
 
 # The change set whose forward script step 4 re-applies (a name or a change-set folder).
 DEFAULT_CHANGE_SET = "sponsor_connections_sequence"

@@ -31,8 +31,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from ..errors import LocalServerError
 from . import connecting
-from .errors import LocalServerError
 from .pgbinaries import Bindir, installed_copy, server_bindir
 
 DEFAULT_CLUSTER = "demo"

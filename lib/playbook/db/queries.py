@@ -17,7 +17,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .errors import ConnectionFailed, LockBusy, ObjectNotFound, PlaybookError
+from ..errors import ConnectionFailed, LockBusy, ObjectNotFound, PlaybookError
 from .locks import LockHolder, holders_seen_from, what_to_do
 
 Query = str | sql.Composable

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from .fingerprint import table_checksum
-from .migrations import Migration
-from .names import QualifiedName
-from .verification import Check
+from ..changesets.migration import Migration
+from ..db.fingerprint import table_checksum
+from ..db.names import QualifiedName
+from ..verification import Check
 
 if TYPE_CHECKING:  # the drop plan names the constraints it drops on purpose
     from .drops import DropPlan

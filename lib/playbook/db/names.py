@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .errors import ConfigurationError, ObjectNotFound
+from ..errors import ConfigurationError, ObjectNotFound
 
 _UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 MAX_IDENTIFIER = 63

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import conninfo
 
-from .errors import ConfigurationError, ConnectionFailed, UnsafeConnection
+from ..errors import ConfigurationError, ConnectionFailed, UnsafeConnection
 
 DEFAULT_URL_ENV = "DATABASE_URL"
 # Ports of Supabase's connection pooler (Supavisor/PgBouncer); 6543 is transaction mode.

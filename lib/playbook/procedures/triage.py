@@ -30,13 +30,13 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .errors import ConfigurationError, ObjectNotFound
-from .gates import NO, YES, display_replacing, normalise_answer, require_answer_mapping
-from .migrations import MIGRATIONS_DIR, Migration, known_migrations
-from .names import QualifiedName, table_exists
-from .project import PLAYBOOK_ROOT
+from ..changesets.migration import MIGRATIONS_DIR, Migration, known_migrations
+from ..db.names import QualifiedName, table_exists
+from ..errors import ConfigurationError, ObjectNotFound
+from ..gates import NO, YES, display_replacing, normalise_answer, require_answer_mapping
+from ..project import PLAYBOOK_ROOT
+from ..verification import orphaned_profiles
 from .sequences import SequenceDiagnosis, diagnose
-from .verification import orphaned_profiles
 
 FULL_RESTORE = "30_full_restore"
 RESTORE_TABLES = "31_restore_tables"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pandas as pd
 import psycopg
 
-from .errors import ConfigurationError, DependentObjectsExist
-from .migration_objects import Inventory
+from ..errors import ConfigurationError, DependentObjectsExist
+from .objects import Inventory
 
 # Catalogs whose rows are the migration's objects themselves.
 _CLASS_OF_KIND = {

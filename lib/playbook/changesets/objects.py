@@ -19,12 +19,12 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from psycopg import sql
 
-from .catalog import owned_sequences
-from .errors import ConfigurationError
-from .queries import value
+from ..db.catalog import owned_sequences
+from ..db.queries import value
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:  # migrations.Migration lists its tables through this module
-    from .migrations import Migration
+    from .migration import Migration
 
 DEFAULT_SCHEMA = "public"
 # The order a rollback shows (and, reversed where it matters, drops) them in.

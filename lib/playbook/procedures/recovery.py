@@ -26,11 +26,15 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .catalog import advance_sequences
-from .connecting import bulk_step_limits, lock_timeout_setting
-from .drops import DEFAULT_LOCK_TIMEOUT, default_export_dir, lock_scope
-from .errors import ExportMismatch, PreconditionFailed, VerificationFailed
-from .exports import (
+from ..changesets.migration import Migration
+from ..changesets.objects import find_in_database, migration_objects
+from ..db.catalog import advance_sequences
+from ..db.connecting import bulk_step_limits, lock_timeout_setting
+from ..db.locks import take_playbook_lock
+from ..db.names import QualifiedName, parse_table_name, table_oid
+from ..db.queries import run_script, translated_errors
+from ..errors import ExportMismatch, PreconditionFailed, VerificationFailed
+from ..exports import (
     INCOMPLETE,
     MANIFEST,
     Manifest,
@@ -39,14 +43,10 @@ from .exports import (
     require_sound_export,
     table_sha256,
 )
-from .incidents import incidents_root
-from .locks import take_playbook_lock
-from .migration_objects import find_in_database, migration_objects
-from .migrations import Migration
-from .names import QualifiedName, parse_table_name, table_oid
-from .queries import run_script, translated_errors
-from .reversal.reversible import ReversibleMigration
-from .verification import Check, checks_table, require_all_pass
+from ..incidents import incidents_root
+from ..reversal.reversible import ReversibleMigration
+from ..verification import Check, checks_table, require_all_pass
+from .drops import DEFAULT_LOCK_TIMEOUT, default_export_dir, lock_scope
 
 RECOVERY_QUESTIONS = {
     "recovery_reviewed": "Have you reviewed the recovery plan shown above?",
