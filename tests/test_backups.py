@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from helpers import run_cli
-from playbook import backups
+from playbook import backups, scratch_restore
 from playbook.db import localdb
 from playbook.errors import BackupUnusable, ToolTooOld
 
@@ -85,7 +85,7 @@ def test_test_restore_goes_to_a_scratch_database_and_counts_equal_the_archive(
         demo_db, pg_cluster, tmp_path):
     taken = backups.take_backup(demo_db.url, tmp_path)
     before = demo_db.fingerprint()
-    restored = backups.test_restore(taken, demo_db.url)
+    restored = scratch_restore.test_restore(taken, demo_db.url)
     assert restored.passed and restored.counts["public.sponsor_chat_messages"] == 200
     assert restored.counts == backups.archive_counts(taken)
     assert restored.privileges, "the application's grants came back with the tables"

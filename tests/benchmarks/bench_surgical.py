@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from playbook import backups, demo_app, supabase_dumps
+from playbook import backups, demo_app, scratch_restore, supabase_dumps
 from playbook.db import localdb, pgbinaries
 from playbook.db.names import QualifiedName
 from playbook.procedures import table_diff
@@ -67,7 +67,7 @@ def _one_size(admin: str, rows: int) -> list[str]:
     restored.scratch.drop()
     # The full restore of the same archive.
     started = time.perf_counter()
-    full = backups.test_restore(backup, admin, keep=True, name=f"bench_full_{rows}")
+    full = scratch_restore.test_restore(backup, admin, keep=True, name=f"bench_full_{rows}")
     full_s = time.perf_counter() - started
     with psycopg.connect(localdb.database_url_for(admin, full.database)) as conn:
         kept_full = conn.execute(

@@ -30,8 +30,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .. import backups, incidents
-from ..backups import Backup, TestRestore
+from .. import backups, incidents, scratch_restore
+from ..backups import Backup
 from ..db import catalog, connecting, localdb
 from ..db.locks import take_playbook_lock
 from ..db.names import QualifiedName
@@ -40,6 +40,7 @@ from ..errors import ConfigurationError, ExportMismatch, PreconditionFailed, Ver
 from ..evidence import NOT_DONE, Evidence
 from ..exports import Manifest, export_tables, require_sound_export
 from ..incidents import run_label
+from ..scratch_restore import TestRestore
 from ..verification import Check, orphaned_profiles, require_all_pass
 
 STRATEGIES = ("in_place", "swap")
@@ -110,12 +111,6 @@ def export_rows_after_backup(conn: psycopg.Connection, backup: Backup,
         )
     finally:
         conn.autocommit = previous
-
-
-def manifest_table(manifest: Manifest) -> pd.DataFrame:
-    return pd.DataFrame([{"table": f.table, "file": f.file, "rows": f.rows, "bytes": f.bytes,
-                          "sha256": f.sha256[:16] + "..."} for f in manifest.files],
-                        columns=["table", "file", "rows", "bytes", "sha256"])
 
 
 # --- the plan: every statement and command, built once for review and execute --------
@@ -409,7 +404,7 @@ def _verify_new_database(plan: RestorePlan) -> None:
     expected = backups.archive_counts(plan.backup)
     url = localdb.database_url_for(plan.url, plan.new_database)
     with connecting.connect(url=url, purpose="full-restore-verify", read_only=True) as conn:
-        counts = backups.user_table_counts(conn)
+        counts = scratch_restore.user_table_counts(conn)
     if counts != expected:
         different = sorted(k for k in set(counts) | set(expected)
                            if counts.get(k) != expected.get(k))
@@ -464,7 +459,7 @@ def verify_restore(conn: psycopg.Connection, backup: Backup,
     table beyond them, each count equals the archive's, no orphaned profiles; the
     application's grants equal those of the test restore, the database's as before."""
     expected = backups.archive_counts(backup)
-    counts = backups.user_table_counts(conn)
+    counts = scratch_restore.user_table_counts(conn)
     checks = [Check("every table of the backup exists", set(expected) <= set(counts),
                     sorted(set(expected) - set(counts)) or "all", "all")]
     extra = sorted(set(counts) - set(expected))
@@ -477,7 +472,7 @@ def verify_restore(conn: psycopg.Connection, backup: Backup,
         orphans = orphaned_profiles(conn)
         checks.append(Check("no orphaned profiles", orphans == 0, orphans, 0))
     if reference is not None and reference.privileges:
-        now = backups.table_privileges(conn)
+        now = scratch_restore.table_privileges(conn)
         checks.append(Check("table grants equal the test restore's",
                             now == reference.privileges, len(now), len(reference.privileges)))
     if database_acl_before is not None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import backups, flags
-from ..backups import Backup, TestRestore
+from .. import backups, flags, scratch_restore
+from ..backups import Backup
 from ..checklists import Checklist
 from ..errors import ConfigurationError
 from ..evidence import NOT_DONE, Evidence, checks_evidence
@@ -24,6 +24,7 @@ from ..exports import Manifest, verify_files
 from ..gates import Gate, reject_unknown_answers
 from ..procedures import restore
 from ..runs import Run
+from ..scratch_restore import TestRestore
 from ..verification import Check, checks_table
 
 PLATFORMS = ("self_hosted", "supabase")
@@ -55,8 +56,8 @@ def prove_restorable(run: Run, backup: Backup, *, enabled: bool, scratch_url_env
     with the archive's; refused when they differ. None when the operator turned it off."""
     if not flags.flag(enabled, "test_restore"):
         return None
-    server = backups.scratch_server_url(scratch_url_env, run.url())
-    return backups.prove_restorable(backup, server, jobs=jobs)
+    server = scratch_restore.scratch_server_url(scratch_url_env, run.url())
+    return scratch_restore.prove_restorable(backup, server, jobs=jobs)
 
 
 # --- 2. prepare for restore ----------------------------------------------------------------
@@ -78,7 +79,9 @@ def export_data_created_after_backup(run: Run, backup: Backup, export_dir: str) 
 
 def exported_files(run: Run, manifest: Manifest) -> pd.DataFrame:
     """The export's files, rows and SHA-256, as its manifest lists them."""
-    return restore.manifest_table(manifest)
+    return pd.DataFrame([{"table": f.table, "file": f.file, "rows": f.rows, "bytes": f.bytes,
+                          "sha256": f.sha256[:16] + "..."} for f in manifest.files],
+                        columns=["table", "file", "rows", "bytes", "sha256"])
 
 
 def plan_restore(run: Run, backup: Backup, *, strategy: str, jobs: int,
