@@ -20,7 +20,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +29,12 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from .db import connecting
+from .db.connecting import redact
 from .db.names import QualifiedName, split_identifier
-from .errors import BackupUnusable, ConfigurationError
+from .db.pgbinaries import candidate_bindirs, client_environment, client_program
+from .errors import BackupUnusable, ConfigurationError, ExportMismatch
 from .evidence import NOT_DONE, Evidence
-from .exports import client_environment
+from .exports import file_sha256, writing_into
 
 KIND_PG_DUMP_CUSTOM = "pg_dump custom archive"
 CUSTOM_MAGIC = b"PGDMP"
@@ -96,7 +98,7 @@ def backups_table(backups: Iterable[Backup]) -> pd.DataFrame:
 
 def tool_environment(url: str) -> dict[str, str]:
     """The process environment for a libpq tool that should reach ``url``: the whole
-    connection (password included) as PG* variables (exports.client_environment), so
+    connection (password included) as PG* variables (pgbinaries.client_environment), so
     nothing secret is on the command line; archive headers written in UTC."""
     env = client_environment(url)
     env["TZ"] = "UTC"
@@ -122,8 +124,6 @@ def run_tool(program: Path, args: list[str], *, url: str | None = None,
 
 
 def _client(name: str, server_major: int | None) -> Path:
-    from .db.pgbinaries import candidate_bindirs, client_program
-
     if server_major is not None:
         return client_program(name, server_major)
     # Reading an archive needs no server: the newest tool reads every older archive.
@@ -460,3 +460,30 @@ def copy_target(line: str) -> str:
 # --- test restore into a scratch database -------------------------------------------
 
 
+
+
+def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
+                 *, server_major: int, pg_dump: Path | None = None) -> dict[str, object]:
+    """A pg_dump custom-format archive (-Fc) of ``tables`` (definitions, data, owned
+    sequences) at ``path``; returns its size and SHA-256 for the manifest. The connection
+    reaches pg_dump through its environment only. ``pg_dump``: the program, when the
+    caller already chose it (see :func:`pgbinaries.client_program`)."""
+    pg_dump = pg_dump or client_program("pg_dump", server_major)
+    args = [str(pg_dump), "--format=custom", "--no-password", f"--file={path}"]
+    for table in tables:
+        # Double quotes make every character of the name literal in a pg_dump pattern.
+        quoted = ".".join('"' + part.replace('"', '""') + '"'
+                          for part in (table.schema, table.name))
+        args.append(f"--table={quoted}")
+    with writing_into(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(args, env=client_environment(url), capture_output=True,
+                            text=True, timeout=3600)
+    if result.returncode != 0:
+        raise ExportMismatch(
+            f"pg_dump could not write the archive {path.name}: "
+            f"{redact(result.stderr.strip()[-600:], url)}. Nothing was changed.",
+            next_step="check pg_dump's message; the CSV export is unaffected.",
+        )
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
+            "tool": str(pg_dump)}

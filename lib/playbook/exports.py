@@ -67,7 +67,7 @@ class Manifest:
         return {f.table: f for f in self.files}
 
 
-def _progress(total: int | None, description: str, enabled: bool):
+def progress_bar(total: int | None, description: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=not enabled,
@@ -149,7 +149,7 @@ def export_file_name(table: QualifiedName) -> str:
 def export_query(conn: psycopg.Connection, query: sql.Composable, path: Path,
                  *, show_progress: bool = False, description: str = "") -> tuple[int, int, str]:
     """COPY (query) TO a CSV file with a header; returns (rows, bytes, sha256)."""
-    with _progress(None, description or path.name, show_progress) as bar:
+    with progress_bar(None, description or path.name, show_progress) as bar:
         return _copy_out(conn, _copy_statement(query), path, bar)
 
 
@@ -416,7 +416,7 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                  folder: Path, show_progress: bool) -> dict[int, tuple[int, int, str]]:
     """Each (index, table, COPY, file) of ``work`` exported on whichever session is free,
     the largest table first; the first failure stops the others and is raised."""
-    bars = {index: _progress(None, str(table), show_progress) for index, table, _c, _f in work}
+    bars = {index: progress_bar(None, str(table), show_progress) for index, table, _c, _f in work}
     results: dict[int, tuple[int, int, str]] = {}
     try:
         if not helpers:
@@ -561,41 +561,6 @@ def require_sound_export(folder: Path) -> Manifest:
     return manifest
 
 
-def csv_columns(path: Path) -> list[str]:
-    """The column names in a CSV export's header line."""
-    with open(path, "rb") as handle:
-        header = handle.readline()
-    return next(iter(_csv_rows(header)))
-
-
-def import_statement(table: QualifiedName, columns: Sequence[str]) -> sql.Composed:
-    """The COPY ... FROM STDIN statement :func:`import_csv` runs (review mode shows it)."""
-    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER)").format(
-        table.identifier, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    )
-
-
-def import_csv(conn: psycopg.Connection, table: QualifiedName, path: Path,
-               *, show_progress: bool = False) -> int:
-    """COPY a CSV export (with header) back into ``table`` in the current transaction;
-    returns the rows loaded. Columns are matched by the header's names."""
-    copy = import_statement(table, csv_columns(path))
-    with conn.cursor() as cur, open(path, "rb") as handle, \
-            _progress(path.stat().st_size, str(table), show_progress) as bar:
-        with cur.copy(copy) as copying:
-            for block in iter(lambda: handle.read(CHUNK), b""):
-                copying.write(block)
-                bar.update(len(block))
-        return cur.rowcount
-
-
-def _csv_rows(line: bytes):
-    import csv
-    import io
-
-    return csv.reader(io.StringIO(line.decode()))
-
-
 # Settings that decide how values are written as text: a re-export compared with an
 # export byte for byte must use the same ones.
 OUTPUT_SETTINGS = ("TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
@@ -607,92 +572,5 @@ def session_settings(conn: psycopg.Connection) -> dict[str, str]:
             for name in OUTPUT_SETTINGS}
 
 
-def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequence[str],
-                 settings: dict[str, str] | None = None) -> tuple[int, int, str]:
-    """(rows, bytes, SHA-256) of the table's CSV as :func:`export_tables` would write it,
-    columns in ``columns`` order, in the current transaction, without writing a file.
-
-    Rows come in physical order (synchronized scans off), which for a table just filled
-    by one COPY is the file's order: equal hashes prove the table holds the file."""
-    for name, value in (settings or {}).items():
-        if name in OUTPUT_SETTINGS:
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-    conn.execute("SELECT set_config('synchronize_seqscans', 'off', true)")
-    query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.identifier)
-    copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
-    digest, size = hashlib.sha256(), 0
-    with conn.cursor() as cur:
-        with cur.copy(copy) as copying:
-            for chunk in copying:
-                digest.update(chunk)
-                size += len(chunk)
-        rows = cur.rowcount
-    return rows, size, digest.hexdigest()
-
-
 # libpq keywords and the environment variables that carry them, so that a client program
 # gets the whole connection (password included) through its environment, never argv.
-_LIBPQ_ENV = {
-    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
-    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
-    "service": "PGSERVICE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL",
-    "connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS",
-    "application_name": "PGAPPNAME", "target_session_attrs": "PGTARGETSESSIONATTRS",
-    "channel_binding": "PGCHANNELBINDING", "gssencmode": "PGGSSENCMODE",
-}
-
-
-def client_environment(url: str) -> dict[str, str]:
-    """os.environ plus the PG* variables that describe ``url``: how a pg_dump/psql child
-    process is told where to connect, so the password never appears in its argv."""
-    import os
-
-    from .db import connecting
-
-    params = connecting.parse(url)
-    env = dict(os.environ)
-    for keyword, value in params.items():
-        if keyword not in _LIBPQ_ENV:
-            from .errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"The connection string uses the libpq option {keyword!r}, which the playbook "
-                "cannot pass to pg_dump through the environment. Nothing was changed.",
-                next_step="put that option in a service file (PGSERVICE) instead.",
-            )
-        env[_LIBPQ_ENV[keyword]] = value
-    return env
-
-
-def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
-                 *, server_major: int, pg_dump: Path | None = None) -> dict[str, object]:
-    """A pg_dump custom-format archive (-Fc) of ``tables`` (definitions, data, owned
-    sequences) at ``path``; returns its size and SHA-256 for the manifest. The connection
-    reaches pg_dump through its environment only. ``pg_dump``: the program, when the
-    caller already chose it (see :func:`pgbinaries.client_program`)."""
-    import subprocess
-
-    from .db.connecting import redact
-    from .db.pgbinaries import client_program
-
-    pg_dump = pg_dump or client_program("pg_dump", server_major)
-    args = [str(pg_dump), "--format=custom", "--no-password", f"--file={path}"]
-    for table in tables:
-        # Double quotes make every character of the name literal in a pg_dump pattern.
-        quoted = ".".join('"' + part.replace('"', '""') + '"'
-                          for part in (table.schema, table.name))
-        args.append(f"--table={quoted}")
-    with writing_into(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(args, env=client_environment(url), capture_output=True,
-                            text=True, timeout=3600)
-    if result.returncode != 0:
-        raise ExportMismatch(
-            f"pg_dump could not write the archive {path.name}: "
-            f"{redact(result.stderr.strip()[-600:], url)}. Nothing was changed.",
-            next_step="check pg_dump's message; the CSV export is unaffected.",
-        )
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
-            "tool": str(pg_dump)}

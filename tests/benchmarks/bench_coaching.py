@@ -31,9 +31,9 @@ from playbook import demo_app, exports
 from playbook.changesets.migration import load_migration
 from playbook.db import localdb
 from playbook.db.names import QualifiedName
-from playbook.db.pgbinaries import client_program
+from playbook.db.pgbinaries import client_environment, client_program
 from playbook.db.queries import run_script
-from playbook.exports import client_environment, export_tables
+from playbook.exports import export_tables
 from playbook.procedures import drops, recovery
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PostgresNotFound, ToolTooOld
+from ..errors import ConfigurationError, PostgresNotFound, ToolTooOld
+from . import connecting
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
@@ -181,3 +182,30 @@ def client_program(name: str, server_major: int) -> Path:
             next_step=f"install PostgreSQL {server_major} client tools and set PG_BINDIR.",
         )
     return newest.path / name
+
+
+_LIBPQ_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
+    "service": "PGSERVICE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL",
+    "connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME", "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "channel_binding": "PGCHANNELBINDING", "gssencmode": "PGGSSENCMODE",
+}
+
+
+def client_environment(url: str) -> dict[str, str]:
+    """os.environ plus the PG* variables that describe ``url``: how a pg_dump/psql child
+    process is told where to connect, so the password never appears in its argv."""
+    params = connecting.parse(url)
+    env = dict(os.environ)
+    for keyword, value in params.items():
+        if keyword not in _LIBPQ_ENV:
+            raise ConfigurationError(
+                f"The connection string uses the libpq option {keyword!r}, which the playbook "
+                "cannot pass to pg_dump through the environment. Nothing was changed.",
+                next_step="put that option in a service file (PGSERVICE) instead.",
+            )
+        env[_LIBPQ_ENV[keyword]] = value
+    return env

@@ -28,21 +28,14 @@ from psycopg import sql
 
 from ..changesets.migration import Migration
 from ..changesets.objects import find_in_database, migration_objects
+from ..csv_import import csv_columns, import_csv, table_sha256
 from ..db.catalog import advance_sequences
 from ..db.connecting import bulk_step_limits, lock_timeout_setting
 from ..db.locks import take_playbook_lock
 from ..db.names import QualifiedName, parse_table_name, table_oid
 from ..db.queries import run_script, translated_errors
 from ..errors import ExportMismatch, PreconditionFailed, VerificationFailed
-from ..exports import (
-    INCOMPLETE,
-    MANIFEST,
-    Manifest,
-    csv_columns,
-    import_csv,
-    require_sound_export,
-    table_sha256,
-)
+from ..exports import INCOMPLETE, MANIFEST, Manifest, require_sound_export
 from ..incidents import incidents_root
 from ..reversal.reversible import ReversibleMigration
 from ..verification import Check, checks_table, require_all_pass

@@ -15,8 +15,8 @@ import pandas as pd
 from .. import journal
 from ..changesets.migration import Migration
 from ..changesets.objects import Inventory
+from ..csv_import import csv_columns, import_statement
 from ..db.connecting import lock_timeout_setting
-from ..exports import csv_columns, import_statement
 from ..gates import Gate
 from ..procedures.drops import DEFAULT_LOCK_TIMEOUT
 from ..procedures.recovery import (

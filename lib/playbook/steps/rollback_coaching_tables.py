@@ -14,6 +14,7 @@ import pandas as pd
 from IPython.display import display
 
 from .. import journal
+from ..backups import dump_archive
 from ..changesets.dependencies import (
     check_include_dependents,
     dependents_table,
@@ -24,7 +25,7 @@ from ..changesets.migration import Migration
 from ..changesets.objects import Inventory, find_in_database
 from ..db.connecting import lock_timeout_setting
 from ..db.pgbinaries import client_program
-from ..exports import MANIFEST, dump_archive, export_tables, mark_complete, write_manifest
+from ..exports import MANIFEST, export_tables, mark_complete, write_manifest
 from ..gates import Gate
 from ..procedures.drops import (
     DEFAULT_LOCK_TIMEOUT,

@@ -1,0 +1,73 @@
+"""An export read back: its CSV files imported into tables (review mode shows the very
+COPY statements), and a table hashed the way the export wrote it, without writing a file,
+so that a re-import proves the table holds the file."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .db.names import QualifiedName
+from .exports import CHUNK, OUTPUT_SETTINGS, progress_bar
+
+
+def csv_columns(path: Path) -> list[str]:
+    """The column names in a CSV export's header line."""
+    with open(path, "rb") as handle:
+        header = handle.readline()
+    return next(iter(_csv_rows(header)))
+
+
+def import_statement(table: QualifiedName, columns: Sequence[str]) -> sql.Composed:
+    """The COPY ... FROM STDIN statement :func:`import_csv` runs (review mode shows it)."""
+    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER)").format(
+        table.identifier, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+
+
+def import_csv(conn: psycopg.Connection, table: QualifiedName, path: Path,
+               *, show_progress: bool = False) -> int:
+    """COPY a CSV export (with header) back into ``table`` in the current transaction;
+    returns the rows loaded. Columns are matched by the header's names."""
+    copy = import_statement(table, csv_columns(path))
+    with conn.cursor() as cur, open(path, "rb") as handle, \
+            progress_bar(path.stat().st_size, str(table), show_progress) as bar:
+        with cur.copy(copy) as copying:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                copying.write(block)
+                bar.update(len(block))
+        return cur.rowcount
+
+
+def _csv_rows(line: bytes):
+    return csv.reader(io.StringIO(line.decode()))
+
+
+def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequence[str],
+                 settings: dict[str, str] | None = None) -> tuple[int, int, str]:
+    """(rows, bytes, SHA-256) of the table's CSV as :func:`export_tables` would write it,
+    columns in ``columns`` order, in the current transaction, without writing a file.
+
+    Rows come in physical order (synchronized scans off), which for a table just filled
+    by one COPY is the file's order: equal hashes prove the table holds the file."""
+    for name, value in (settings or {}).items():
+        if name in OUTPUT_SETTINGS:
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    conn.execute("SELECT set_config('synchronize_seqscans', 'off', true)")
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.identifier)
+    copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+    digest, size = hashlib.sha256(), 0
+    with conn.cursor() as cur:
+        with cur.copy(copy) as copying:
+            for chunk in copying:
+                digest.update(chunk)
+                size += len(chunk)
+        rows = cur.rowcount
+    return rows, size, digest.hexdigest()
