@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import journal
 from .errors import ConfigurationError, PreconditionFailed
 from .evidence import (
     NOT_DONE,
@@ -231,8 +232,6 @@ class Checklist:
         """Tick an item this run verifiably did, with the evidence (shown and recorded);
         an export verified or a verification passed is also a moment of the run's
         timeline (:mod:`playbook.journal`)."""
-        from . import journal
-
         self.tick(item, True, by=PLAYBOOK, evidence=evidence)
         if item in MOMENTS:
             journal.moment(MOMENTS[item], f"{self.items[item]}: {evidence}", passed=True,

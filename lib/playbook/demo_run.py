@@ -23,6 +23,7 @@ from . import backups, demo_app, parameters, records
 from .db import connecting, localdb
 from .db.names import QualifiedName
 from .errors import PreconditionFailed
+from .timeline import build_timeline
 from .verification import row_counts
 
 DEMO_ENV = "DATABASE_URL"
@@ -181,7 +182,6 @@ def run_demo(rows: int = 2000, incident_id: str = "", *,
         counts = row_counts(conn, [QualifiedName("public", "sponsor_chat_messages"),
                                    QualifiedName("public", "journal_entries")])
     say(f"final state: {counts}")
-    from .timeline import build_timeline
 
     timeline = build_timeline(incident_id)
     say(f"incident records: {folder}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import journal, notify
 from .errors import ConfigurationError, GateClosed, WrongDatabase
 
 MODES = ("review", "execute")
@@ -222,8 +223,6 @@ class Gate:
     def check(self) -> pd.DataFrame:
         """Raise GateClosed unless every question is YES and every check passed; return the
         answers as a table for the record."""
-        from . import journal, notify
-
         failing = self.failing()
         answered = "; ".join(f"{qid}: {why}" for qid, why in failing.items())
         journal.moment(journal.GATE, f"{self.name}: " + (f"CLOSED ({answered})" if failing
@@ -258,8 +257,6 @@ def _notification_evidence(gate: Gate) -> None:
     """The notification the playbook sent for this incident, beside "Has the team been
     notified?": evidence when one was delivered, a note (never closing the gate) when
     none was or it failed."""
-    from . import journal, notify
-
     run = journal.current_run()
     delivered, evidence = notify.team_notified_evidence(getattr(run, "incident_id", ""))
     gate.verify(TEAM_NOTIFIED, delivered, evidence, decides=False)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from . import journal
 from .db import connecting
 
 NOTIFY_ENV = "PLAYBOOK_NOTIFY"
@@ -158,8 +159,6 @@ def summary(result: dict | None) -> str:
 def notify_run(run, event: str, outcome: str) -> dict | None:
     """From inside a notebook: notify about ``run`` (execute mode only), show the result
     and journal it (so the record and the ``team_notified`` gate see it)."""
-    from . import journal
-
     if not getattr(run, "executing", False):
         return None
     record = journal.record_path()
@@ -185,7 +184,6 @@ TEAM_NOTIFIED = "team_notified"
 def notifications_for_incident(incident_id: str) -> list[dict]:
     """Every notification recorded for the incident: this process's, and those in the
     journals of its folder (other runs of the same incident)."""
-    from . import journal
     from .incidents import find_incident
 
     # This process's own (a JupyterLab kernel has no journal), of this incident only.

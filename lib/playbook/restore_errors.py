@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db.names import QualifiedName, split_identifier
+from .db.names import QualifiedName, parse_table_name, split_identifier
 from .errors import PlaybookError
 
 # Schemas Supabase manages itself; tables there are not the application's data.
@@ -149,8 +149,6 @@ class Chosen:
 
     @classmethod
     def of(cls, tables=(), schemas=()) -> Chosen:
-        from .db.names import parse_table_name
-
         return cls(frozenset(str(parse_table_name(t)) for t in tables or ()),
                    frozenset(schemas or ()) if not tables else frozenset())
 

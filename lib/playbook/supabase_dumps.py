@@ -53,6 +53,7 @@ from .backup_kinds import (
 )
 from .db import connecting, localdb, scratch_servers
 from .db.names import split_identifier
+from .db.pgbinaries import client_program
 from .errors import BackupUnusable, PlaybookError
 from .evidence import Evidence
 from .restore_errors import (
@@ -265,8 +266,6 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
     statement that failed. ``data_only`` scripts (the CLI's data.sql) run with triggers
     and foreign keys off (``session_replication_role = replica``), as pg_restore's
     ``--disable-triggers`` would: a trigger must not rewrite the backup's rows."""
-    from .db.pgbinaries import client_program
-
     workdir.mkdir(parents=True, exist_ok=True)
     psql = client_program("psql", scratch.server.major if scratch.server else 0)
     keep = _database_to_keep(scan)

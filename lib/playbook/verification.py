@@ -14,7 +14,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .db.names import QualifiedName, table_exists
+from .db.names import QualifiedName, parse_table_name, table_exists
 from .errors import ConfigurationError, VerificationFailed
 
 # The application's own tables (the document's "other data ... unaffected").
@@ -151,8 +151,6 @@ def application_checks(conn: psycopg.Connection,
     database is never failed for lacking the demo's tables: only what exists is checked,
     and ``expected_counts`` names the rest. ``tables`` (the ``checks`` parameter) names the
     tables that must exist and be readable instead; a missing one fails."""
-    from .db.names import parse_table_name
-
     checks = []
     if tables:
         required = [parse_table_name(t) for t in tables]

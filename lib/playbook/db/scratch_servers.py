@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from . import connecting, localdb
-from .pgbinaries import Bindir, candidate_bindirs
+from .pgbinaries import Bindir, candidate_bindirs, server_bindir
 
 SUPABASE_EXTENSIONS = ("pgcrypto", "uuid-ossp", "pg_stat_statements")
 CHOICE_ENV = "PLAYBOOK_SCRATCH_POSTGRES"
@@ -108,8 +108,6 @@ def best_local_bindir(extensions: Sequence[str] = ()) -> tuple[Bindir, str]:
             if bindir.path == wanted:
                 return bindir, f"{CHOICE_ENV}={choice}"
     if not servers:
-        from .pgbinaries import server_bindir
-
         return server_bindir(), "the only PostgreSQL found"  # raises PostgresNotFound
     if choice == "embedded":
         return servers[0], f"{CHOICE_ENV}=embedded: the embedded default"
