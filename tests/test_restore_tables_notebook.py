@@ -11,7 +11,7 @@ import pytest
 
 from notebook_runs import NOTEBOOKS, run_notebook, shipped_parameters
 from playbook import backups
-from surgical_helpers import DAMAGED, damage, rows_by_id, supabase_plain_dump, supabase_trio
+from restore_tables_helpers import DAMAGED, damage, rows_by_id, supabase_plain_dump, supabase_trio
 
 
 def _execute_parameters(demo_db, backup_file, tmp_path) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from playbook import backup_kinds, supabase_dumps
 from playbook.errors import BackupUnusable
-from surgical_helpers import supabase_plain_dump, supabase_trio, truncated_copy
+from restore_tables_helpers import supabase_plain_dump, supabase_trio, truncated_copy
 
 
 def test_psql_errors_are_classified_with_their_line():

@@ -11,7 +11,7 @@ from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, ObjectNotFound
 from playbook.exports import require_sound_export
 from playbook.procedures import table_diff
-from surgical_helpers import damage
+from restore_tables_helpers import damage
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from playbook.db.names import QualifiedName
 from playbook.errors import ConnectionFailed, PreconditionFailed
 from playbook.procedures import table_diff
 from playbook.procedures import table_repair as repair
-from surgical_helpers import DAMAGED, damage, rows_by_id
+from restore_tables_helpers import DAMAGED, damage, rows_by_id
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Rehearsal helpers for the surgical restore tests: back up the demo, damage it, and
+"""Rehearsal helpers for the restore-tables tests (notebook 31): back up the demo, damage it,
 fingerprint tables row by row (checksums the tests compute themselves)."""
 
 from __future__ import annotations
