@@ -136,6 +136,15 @@ def demo_db(pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Da
 
 
 @pytest.fixture
+def backup_copy(demo_db, pg_cluster):
+    """A copy of the demo taken before the damage, standing in for a restored backup."""
+    name = demo_db.name + "_bk"
+    url = localdb.create_database(pg_cluster.admin_url, name, template=demo_db.name)
+    yield url
+    localdb.drop_database(pg_cluster.admin_url, name)
+
+
+@pytest.fixture
 def empty_db(pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     """A fresh empty database; DATABASE_URL points at it."""
     database = _fresh_database(pg_cluster, None)

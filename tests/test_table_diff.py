@@ -6,21 +6,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from playbook.db import localdb
 from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, ObjectNotFound
 from playbook.exports import require_sound_export
 from playbook.procedures import table_diff
 from restore_tables_helpers import damage
-
-
-@pytest.fixture
-def backup_copy(demo_db, pg_cluster):
-    """A copy of the demo taken before the damage, standing in for a restored backup."""
-    name = demo_db.name + "_bk"
-    url = localdb.create_database(pg_cluster.admin_url, name, template=demo_db.name)
-    yield url
-    localdb.drop_database(pg_cluster.admin_url, name)
 
 
 def test_diff_finds_exactly_the_damage_and_exports_it(demo_db, backup_copy, tmp_path):

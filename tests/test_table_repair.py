@@ -5,20 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from playbook.db import localdb
 from playbook.db.names import QualifiedName
 from playbook.errors import ConnectionFailed, PreconditionFailed
 from playbook.procedures import table_diff
 from playbook.procedures import table_repair as repair
 from restore_tables_helpers import DAMAGED, damage, rows_by_id
-
-
-@pytest.fixture
-def backup_copy(demo_db, pg_cluster):
-    name = demo_db.name + "_bk"
-    url = localdb.create_database(pg_cluster.admin_url, name, template=demo_db.name)
-    yield url
-    localdb.drop_database(pg_cluster.admin_url, name)
 
 
 def _plan(scratch, live, strategy=None, allowed=()):
