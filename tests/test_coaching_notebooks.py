@@ -14,7 +14,6 @@ from notebook_runs import NOTEBOOKS, ROOT, run_notebook, shipped_parameters
 from playbook.changesets.migration import load_migration
 from playbook.db.fingerprint import table_checksum
 from playbook.errors import GateClosed
-from playbook.procedures import drops, recovery
 from playbook.runs import begin_run
 from playbook.steps import recover_coaching_tables as steps21
 from playbook.steps import rollback_coaching_tables as steps20
@@ -69,7 +68,7 @@ def test_shipped_parameters_stop_at_the_gate_before_any_change(demo_db, incident
     assert not incidents.exists()  # not even the export was written
 
 
-@pytest.mark.parametrize("question", list(drops.STOP_QUESTIONS))
+@pytest.mark.parametrize("question", list(steps20.GATE_QUESTIONS))
 def test_each_stop_answer_no_closes_the_rollback_gate(demo_db, incidents, question):
     answers = {**_all_yes(ROLLBACK), question: "no"}
     run = begin_run(ROLLBACK, mode="execute", confirm_database=demo_db.name, answers=answers)
@@ -79,7 +78,7 @@ def test_each_stop_answer_no_closes_the_rollback_gate(demo_db, incidents, questi
     assert set(refused.value.failing) == {question}
 
 
-@pytest.mark.parametrize("question", list(recovery.RECOVERY_QUESTIONS))
+@pytest.mark.parametrize("question", list(steps21.GATE_QUESTIONS))
 def test_each_recovery_answer_no_closes_the_recovery_gate(demo_db, question):
     answers = {**_all_yes(RECOVER), question: "no"}
     gate = steps21.gate(begin_run(RECOVER, answers=answers))

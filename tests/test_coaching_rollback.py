@@ -562,7 +562,7 @@ def test_an_export_folder_that_cannot_be_created_is_one_playbook_error(demo_db, 
 
 def test_before_the_export_the_gate_says_it_will_be_verified_and_the_drop_still_refuses(
         demo_db, coaching, tmp_path):
-    answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
+    answers = {qid: "yes" for qid in steps20.GATE_QUESTIONS}
     run = begin_run("20_rollback_coaching_tables", mode="execute",
                     confirm_database=demo_db.name, answers=answers)
     folder = tmp_path / "not-exported-yet"
@@ -581,7 +581,7 @@ def test_before_the_export_the_gate_says_it_will_be_verified_and_the_drop_still_
 
 def test_after_the_export_the_gate_shows_the_export_verified(demo_db, coaching, exported):
     run = begin_run("20_rollback_coaching_tables",
-                    answers={qid: "yes" for qid in drops.STOP_QUESTIONS})
+                    answers={qid: "yes" for qid in steps20.GATE_QUESTIONS})
     row = steps20.gate(run, coaching, exported).table().set_index(
         "question").loc["data_exported"]
     assert row["verified"] == "pass" and row["evidence"].startswith("verified:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import papermill
@@ -36,3 +37,13 @@ def test_shipped_parameters_answer_every_gate_no_and_run_in_review_mode(path):
     assert all(value == "no" for value in answers.values()), answers
     assert "DATABASE_URL" not in "".join(str(v) for v in given.values() if v != "DATABASE_URL")
     assert "postgresql://" not in path.read_text(), "no connection string in parameters"
+
+
+@pytest.mark.parametrize("path", [p for p in PARAMETER_FILES if p.stem != "00_triage"],
+                         ids=lambda p: p.stem)
+def test_shipped_parameters_answer_exactly_the_questions_of_the_notebooks_gate(path):
+    """The gate's question ids are written once, in its step module (GATE_QUESTIONS); the
+    shipped answers name each of them, and nothing else."""
+    steps = importlib.import_module(f"playbook.steps.{path.stem.split('_', 1)[1]}")
+    given = yaml.safe_load(path.read_text()) or {}
+    assert set(given.get("answers", {})) == set(steps.GATE_QUESTIONS)

@@ -305,7 +305,7 @@ def test_an_export_folder_removed_mid_export_is_caught_before_the_drop(
     tripwire = Tripwire(r"^COPY \(SELECT \* FROM", 1,
                         lambda _conn: shutil.rmtree(folder))
     run = InstrumentedRun.wrap(_executing(demo_db, "20_rollback_coaching_tables"), tripwire)
-    run.answers = {qid: "yes" for qid in drops.STOP_QUESTIONS}
+    run.answers = {qid: "yes" for qid in steps20.GATE_QUESTIONS}
     try:
         steps20.export_data(run, coaching, folder, show_progress=False)
     except (OSError, PlaybookError):

@@ -80,22 +80,6 @@ from .protected_tables import (
 
 DEFAULT_LOCK_TIMEOUT = "2s"
 
-# The document's five STOP questions, then its prerequisites.
-STOP_QUESTIONS = {
-    "recent_backup": "Do you have a recent database backup?",
-    "backup_tested": "Have you tested restoring from that backup?",
-    "data_exported": "Have you exported the migration's data separately? (the next step "
-    "exports it; the drop blocks writes to the tables and takes the final export first)",
-    "no_other_way": "Is there NO other way to fix the issue (fix forward, partial rollback)?",
-    "team_notified": "Has the team been notified?",
-    "maintenance_window": "Is a maintenance window scheduled, with the application stopped "
-    "(no new writes)?",
-    "scripts_reviewed": "Have you reviewed the drop statements shown above?",
-    "understand_data_loss": "Do you understand what data will be lost (the row counts "
-    "above)?",
-}
-
-
 def lock_scope(migration: Migration) -> str:
     """The advisory lock's scope: one operator at a time per migration."""
     return f"migration:{migration.name}"

@@ -41,12 +41,6 @@ from ..reversal.reversible import ReversibleMigration
 from ..verification import Check, checks_table, require_all_pass
 from .drops import DEFAULT_LOCK_TIMEOUT, default_export_dir, lock_scope
 
-RECOVERY_QUESTIONS = {
-    "recovery_reviewed": "Have you reviewed the recovery plan shown above?",
-    "application_stopped": "Is the application stopped (no writes while the data goes back)?",
-    "team_notified": "Has the team been notified?",
-}
-
 
 def find_export(migration: Migration, export_dir: str = "", incident_id: str = "") -> Path:
     """The export to recover from: ``export_dir``; else that incident's; else the newest

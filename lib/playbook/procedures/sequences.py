@@ -391,11 +391,3 @@ def require_verified(checks: list[Check], after: SequenceDiagnosis, what: str) -
 
 # --- the gate --------------------------------------------------------------------------
 
-QUESTIONS = {
-    "issue_confirmed": "You have seen the symptom: IDs generating incorrectly, or null / "
-    "duplicate id errors on inserts into the table (the catalog's diagnosis is shown beside "
-    "this answer).",
-    "team_notified": "The team is notified of the rollback plan.",
-}
-
-

@@ -20,7 +20,6 @@ from ..db.connecting import lock_timeout_setting
 from ..gates import Gate
 from ..procedures.drops import DEFAULT_LOCK_TIMEOUT
 from ..procedures.recovery import (
-    RECOVERY_QUESTIONS,
     check_export,
     find_export,
     import_order,
@@ -30,6 +29,13 @@ from ..procedures.recovery import (
 from ..reversal.reversible import ReversibleMigration
 from ..runs import Run
 from .rollback_coaching_tables import review_what_will_be_deleted
+
+GATE_QUESTIONS = {
+    "recovery_reviewed": "Have you reviewed the recovery plan shown above?",
+    "application_stopped": "Is the application stopped (no writes while the data goes back)?",
+    "team_notified": "Has the team been notified?",
+}
+
 
 
 def find_the_export(run: Run, migration: Migration, export_dir: str = "") -> Path:
@@ -81,7 +87,7 @@ def plan_recovery(run: Run, migration: Migration, folder: Path) -> pd.DataFrame:
 
 def gate(run: Run) -> Gate:
     """The questions before re-applying, pre-filled from ``run.answers``."""
-    return run.add_gate(Gate("Recovery: before re-applying", RECOVERY_QUESTIONS, run.answers))
+    return run.add_gate(Gate("Recovery: before re-applying", GATE_QUESTIONS, run.answers))
 
 
 def recover(run: Run, migration: Migration, folder: Path,

@@ -29,7 +29,6 @@ from ..exports import MANIFEST, export_tables, mark_complete, write_manifest
 from ..gates import Gate
 from ..procedures.drops import (
     DEFAULT_LOCK_TIMEOUT,
-    STOP_QUESTIONS,
     DropPlan,
     build_drop_plan,
     export_extra,
@@ -41,6 +40,22 @@ from ..procedures.drops import (
 )
 from ..reversal.reversible import ReversibleMigration
 from ..runs import Run
+
+# The document's five STOP questions, then its prerequisites.
+GATE_QUESTIONS = {
+    "recent_backup": "Do you have a recent database backup?",
+    "backup_tested": "Have you tested restoring from that backup?",
+    "data_exported": "Have you exported the migration's data separately? (the next step "
+    "exports it; the drop blocks writes to the tables and takes the final export first)",
+    "no_other_way": "Is there NO other way to fix the issue (fix forward, partial rollback)?",
+    "team_notified": "Has the team been notified?",
+    "maintenance_window": "Is a maintenance window scheduled, with the application stopped "
+    "(no new writes)?",
+    "scripts_reviewed": "Have you reviewed the drop statements shown above?",
+    "understand_data_loss": "Do you understand what data will be lost (the row counts "
+    "above)?",
+}
+
 
 
 def review_what_will_be_deleted(run: Run, migration: Migration) -> Inventory:
@@ -90,7 +105,7 @@ def gate(run: Run, migration: Migration, export_dir: Path) -> Gate:
     so instead of showing a check: the drop itself blocks writes to the tables and takes
     the final export before dropping anything (:func:`perform_drop`)."""
     export_dir = Path(export_dir)
-    questions = dict(STOP_QUESTIONS)
+    questions = dict(GATE_QUESTIONS)
     if not (export_dir / MANIFEST).exists():
         questions["data_exported"] = (
             f"Have you exported the migration's data separately? Not verified yet: there is "

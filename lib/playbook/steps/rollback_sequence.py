@@ -26,7 +26,6 @@ from ..procedures.sequences import (
     DEFAULT_CHANGE_SET,
     DEFAULT_COLUMN,
     DEFAULT_TABLE,
-    QUESTIONS,
     ResetPlan,
     SequenceDiagnosis,
     begin_change,
@@ -37,6 +36,14 @@ from ..procedures.sequences import (
 )
 from ..runs import Run
 from ..verification import Check, checks_table
+
+GATE_QUESTIONS = {
+    "issue_confirmed": "You have seen the symptom: IDs generating incorrectly, or null / "
+    "duplicate id errors on inserts into the table (the catalog's diagnosis is shown beside "
+    "this answer).",
+    "team_notified": "The team is notified of the rollback plan.",
+}
+
 
 
 def verify_the_issue(run: Run, table: str = DEFAULT_TABLE,
@@ -59,7 +66,7 @@ def gate(run: Run, diagnosis: SequenceDiagnosis,
     healthy diagnosis does not close the gate: the reset then changes nothing, and re-running
     a safe rollback must stay possible."""
     answers = run.answers if answers is None else answers
-    asked = Gate("Sequence reset", QUESTIONS, answers)
+    asked = Gate("Sequence reset", GATE_QUESTIONS, answers)
     reject_unknown_answers(answers, asked)
     asked.verify("issue_confirmed", True,
                  f"catalog: {diagnosis.diagnosis}" + ("" if not diagnosis.healthy
