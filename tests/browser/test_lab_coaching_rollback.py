@@ -58,7 +58,7 @@ def test_coaching_rollback_stops_on_a_no_and_reviews_on_all_yes_in_the_browser(
         assert table in export.locator(".jp-OutputArea").inner_text()
     perform = lab.code_cell("steps.perform_rollback(")
     assert "review mode: nothing was dropped" in perform.locator(".jp-OutputArea").inner_text()
-    assert lab.executed(lab.code_cell("health.check_application("))
+    assert lab.executed(lab.code_cell("steps.verify_application("))
     lab.screenshot("review-after-all-yes", focus=perform)
 
     saved = lab.save()

@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from .. import journal
-from ..changesets.migration import Migration
+from ..changesets.migration import Migration, load_migration
 from ..changesets.objects import Inventory
 from ..csv_import import csv_columns, import_statement
 from ..db.connecting import lock_timeout_setting
 from ..gates import Gate
 from ..procedures.drops import DEFAULT_LOCK_TIMEOUT
+from ..procedures.health import check_application
 from ..procedures.recovery import (
     check_export,
     find_export,
@@ -36,6 +37,13 @@ GATE_QUESTIONS = {
     "team_notified": "Has the team been notified?",
 }
 
+
+
+def load_change_set(run: Run, migration: str, *, migrations_folder: str = "", backup: str = "",
+                    scratch_url_env: str = "") -> Migration:
+    """The change set called ``migration`` (or at that path), as notebook 20 loaded it."""
+    return load_migration(migration, migrations_folder=migrations_folder, backup=backup,
+                          scratch_url_env=scratch_url_env)
 
 
 def find_the_export(run: Run, migration: Migration, export_dir: str = "") -> Path:
@@ -107,3 +115,8 @@ def recover(run: Run, migration: Migration, folder: Path,
                           result.imported,
                           f"sequences moved: {', '.join(result.sequences) or 'none'}")
     return result.table()
+
+
+def verify_application(run: Run, health_check_url: str, migration: Migration) -> pd.DataFrame:
+    """The same verification as notebook 20's step, after the recovery."""
+    return check_application(run, health_check_url, migration)

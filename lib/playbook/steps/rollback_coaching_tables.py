@@ -21,7 +21,7 @@ from ..changesets.dependencies import (
     find_dependents,
     require_no_unlisted_dependents,
 )
-from ..changesets.migration import Migration
+from ..changesets.migration import Migration, load_migration
 from ..changesets.objects import Inventory, find_in_database
 from ..db.connecting import lock_timeout_setting
 from ..db.pgbinaries import client_program
@@ -31,6 +31,7 @@ from ..procedures.drops import (
     DEFAULT_LOCK_TIMEOUT,
     DropPlan,
     build_drop_plan,
+    default_export_dir,
     export_extra,
     export_order,
     export_problems,
@@ -38,6 +39,7 @@ from ..procedures.drops import (
     perform_drop,
     rows_dropped,
 )
+from ..procedures.health import check_application
 from ..reversal.reversible import ReversibleMigration
 from ..runs import Run
 
@@ -56,6 +58,21 @@ GATE_QUESTIONS = {
     "above)?",
 }
 
+
+
+def load_change_set(run: Run, migration: str, *, migrations_folder: str = "", backup: str = "",
+                    scratch_url_env: str = "", restore_dropped_data: object = False
+                    ) -> Migration:
+    """The change set called ``migration`` (or at that path); with ``migrations_folder`` or
+    ``backup``, a migration reversed by schema diff."""
+    return load_migration(migration, migrations_folder=migrations_folder, backup=backup,
+                          scratch_url_env=scratch_url_env,
+                          restore_dropped_data=restore_dropped_data)
+
+
+def export_folder(run: Run, migration: Migration, export_dir: str = "") -> Path:
+    """Where step 4 exports: ``export_dir``, else the incident's ``exports/<migration>``."""
+    return default_export_dir(migration, run.incident_id, export_dir)
 
 
 def review_what_will_be_deleted(run: Run, migration: Migration) -> Inventory:
@@ -186,3 +203,9 @@ def perform_rollback(run: Run, migration: Migration, export_dir: Path,
     frame.attrs["lock_hold_ms"] = result.lock_hold_ms
     frame.attrs["writes_blocked_ms"] = result.writes_blocked_ms
     return frame
+
+
+def verify_application(run: Run, health_check_url: str, migration: Migration) -> pd.DataFrame:
+    """The change set's checks (else every project table readable), then the health-check
+    URL; VerificationFailed if any fails. Read-only."""
+    return check_application(run, health_check_url, migration)
