@@ -1,5 +1,5 @@
-"""Rehearsed incidents for removing a migration's tables (drops.py, dependencies.py,
-migration_objects.py), against the real PostgreSQL the fixtures start."""
+"""Rehearsed incidents for removing a migration's tables (procedures/drops.py,
+changesets/dependencies.py and objects.py), against the real PostgreSQL the fixtures start."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def load_migration(name_or_path: str | Path, *, migrations_folder: str = "", bac
         # A file of a project's supabase/migrations: its folder holds the state before it.
         migrations_folder = str(Path(str(name_or_path)).expanduser().resolve().parent)
     if migrations_folder or backup:
-        # Imported here: the reversal builds on migration_objects, which imports this module.
+        # Imported here: the reversal builds on changesets, which imports this module.
         from ..reversal.reversible import load_reversible_migration
 
         return load_reversible_migration(str(name_or_path), migrations_folder=migrations_folder,

@@ -1,7 +1,7 @@
 """Removing a migration's objects safely (Rollback Script 2 of the procedure document).
 
-:func:`build_drop_plan` turns what the migration created (``migration_objects``) and what
-depends on it (``dependencies``) into ``psycopg.sql`` statements in dependency order,
+:func:`build_drop_plan` turns what the migration created (``changesets.objects``) and what
+depends on it (``changesets.dependencies``) into ``psycopg.sql`` statements in dependency order,
 never with CASCADE. Review mode shows those very statements (``as_string``);
 :func:`perform_drop` runs them in ONE transaction that:
 

@@ -1,9 +1,8 @@
 """Rollback Script 1 of the procedure document: the sequence behind an id column.
 
-Four steps, as the document has them: verify the issue (:func:`diagnose_sequence`), run
-the rollback (:func:`reset_plan` then :func:`run_rollback`), verify
-(:func:`verify_sequence`) and recovery (:func:`recover_sequence`, the change set's
-forward script).
+What the document's four steps need: the diagnosis (:func:`diagnose`), the rollback's
+statements (:func:`reset_plan`), the checks (:func:`verification_checks`). Notebook 10's
+steps, which run them in their transactions, are :mod:`playbook.steps.rollback_sequence`.
 
 The sequence is found in the catalog (``pg_get_serial_sequence`` for serial, ``OWNED BY``
 and identity columns; the column default's own dependency otherwise), never from a
