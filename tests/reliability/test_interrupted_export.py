@@ -110,12 +110,12 @@ def test_ctrl_c_mid_export_leaves_a_folder_marked_incomplete_that_21_refuses(
 _EXPORT_IN_A_CHILD = """
 import sys
 from pathlib import Path
-from playbook import drops
 from playbook.changesets.migration import load_migration
 from playbook.runs import begin_run
+from playbook.steps import rollback_coaching_tables as steps20
 steps20.export_data(begin_run("20_rollback_coaching_tables"),
-                            load_migration("coaching_tables"), Path(sys.argv[1]),
-                            show_progress=False)
+                    load_migration("coaching_tables"), Path(sys.argv[1]),
+                    show_progress=False)
 """
 
 
