@@ -38,7 +38,6 @@ GATE_QUESTIONS = {
 }
 
 
-
 def load_change_set(run: Run, migration: str, *, migrations_folder: str = "", backup: str = "",
                     scratch_url_env: str = "") -> Migration:
     """The change set called ``migration`` (or at that path), as notebook 20 loaded it."""

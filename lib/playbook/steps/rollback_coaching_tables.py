@@ -59,7 +59,6 @@ GATE_QUESTIONS = {
 }
 
 
-
 def load_change_set(run: Run, migration: str, *, migrations_folder: str = "", backup: str = "",
                     scratch_url_env: str = "", restore_dropped_data: object = False
                     ) -> Migration:

@@ -45,7 +45,6 @@ GATE_QUESTIONS = {
 }
 
 
-
 def verify_the_issue(run: Run, table: str = DEFAULT_TABLE,
                      column: str = DEFAULT_COLUMN) -> SequenceDiagnosis:
     """Step 1, "Verify the issue": parse the names, then read everything read-only."""
