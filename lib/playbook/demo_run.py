@@ -19,10 +19,11 @@ from pathlib import Path
 
 import psycopg
 
-from . import backups, demo_app, parameters, records
+from . import backups, demo_app, records
 from .db import connecting, localdb
 from .db.names import QualifiedName
 from .errors import PreconditionFailed
+from .parameters import load_parameter_file, shipped_parameter_file
 from .timeline import build_timeline
 from .verification import row_counts
 
@@ -41,7 +42,7 @@ class Step:
 
 
 def _yes_to_everything(stem: str) -> dict[str, str]:
-    shipped = parameters.load_parameter_file(parameters.shipped_parameter_file(stem))
+    shipped = load_parameter_file(shipped_parameter_file(stem))
     return {question: "yes" for question in shipped.get("answers", {})}
 
 
@@ -172,7 +173,7 @@ def run_demo(rows: int = 2000, incident_id: str = "", *,
                     del parameters["backup_dir"]
             record = records.run_notebook(
                 step.notebook, incident_id, parameters,
-                parameter_file=parameters.shipped_parameter_file(step.notebook),
+                parameter_file=shipped_parameter_file(step.notebook),
                 operator="make demo",
             )
             failures += record.exit_code != 0

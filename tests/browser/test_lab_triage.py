@@ -60,9 +60,9 @@ def test_triage_decision_tree_answered_in_the_browser_recommends_and_is_recorded
     assert widgets["checklist-team_notified_of_plan"] is True
     assert widgets["checklist-backup_exists_and_recent"] is False
     cells = {c.source.strip(): c for c in saved.cells if c.cell_type == "code"}
-    path = outputs_text(next(c for s, c in cells.items() if "questions.decide(" in s))
+    path = outputs_text(next(c for s, c in cells.items() if "steps.decide(" in s))
     assert "Is the application completely broken?" in path and "YES" in path
     record = outputs_text(next(c for s, c in cells.items() if s == "checklist.record()"))
     assert "team_notified_of_plan" in record
     assert "roll back the specific migration" in outputs_text(
-        next(c for s, c in cells.items() if "show_recommendation()" in s))
+        next(c for s, c in cells.items() if "steps.recommendation(" in s))
