@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -28,23 +26,21 @@ from playbook.reversal import plan as reversal
 from playbook.reversal.data import data_at_stake
 from playbook.reversal.rollback import recover_migration, roll_back_migration
 from playbook.reversal.shadow import read_migrations_folder
+from reliability.writing_application import WritingApplication
 
 TARGET = "20240320090000"  # replies and reactions: a new table, columns added to old ones
 
 
-class ChatApplication:
-    """Writes in a loop on its own session: even writes add a reaction, odd ones set a
-    message's reply. ``committed`` lists each write whose COMMIT returned, in order. Stops
-    at ``stop()`` or once the migration's objects are gone."""
+class ChatApplication(WritingApplication):
+    """Even writes add a reaction, odd ones set a message's reply."""
+
+    name = "the chat app"
 
     def __init__(self, url: str, messages: list[int], users: list[str]) -> None:
-        self.url, self.messages, self.users = url, messages, users
-        self.committed: list[tuple] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        super().__init__(url)
+        self.messages, self.users = messages, users
 
-    def _write(self, conn: psycopg.Connection, i: int) -> tuple:
+    def write(self, conn: psycopg.Connection, i: int) -> tuple:
         message = self.messages[i % len(self.messages)]
         if i % 2 == 0:
             user, emoji = self.users[i % len(self.users)], f"w{i}"
@@ -57,38 +53,6 @@ class ChatApplication:
                      (reply_to, message))
         conn.commit()
         return ("reply", str(message), str(reply_to))
-
-    def _loop(self) -> None:
-        with psycopg.connect(self.url, application_name="the chat app") as conn:
-            i = 0
-            while not self._stop.is_set():
-                try:
-                    self.committed.append(self._write(conn, i))
-                except psycopg.Error as exc:
-                    self.errors.append(type(exc).__name__)
-                    if conn.closed:
-                        return
-                    conn.rollback()
-                    if isinstance(exc, (psycopg.errors.UndefinedTable,
-                                        psycopg.errors.UndefinedColumn)):
-                        return  # the rollback committed: nothing left to write to
-                i += 1
-                time.sleep(0.002)
-
-    def start(self) -> ChatApplication:
-        self._thread.start()
-        return self
-
-    def wait_for(self, writes: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.committed) < writes:
-            assert time.monotonic() < deadline, (
-                f"the application wrote only {len(self.committed)}, errors {self.errors}")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def _state(conn: psycopg.Connection) -> tuple[set[tuple], dict[str, str]]:
