@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from corpus_projects import new_database
 from playbook import demo_app
 from playbook.db import localdb
 from playbook.db.fingerprint import database_fingerprint
@@ -185,3 +186,19 @@ def project_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["PLAYBOOK_HOME"] = str(home)
     yield env
     _destroy_embedded_clusters(home)
+
+
+@pytest.fixture
+def databases(pg_cluster):
+    """``databases(migrations)``: a new database on the test's server with a corpus
+    project's ``migrations`` applied (tests/corpus_projects.py); all dropped afterwards."""
+    made: list[tuple[str, psycopg.Connection]] = []
+
+    def make(migrations) -> psycopg.Connection:
+        made.append(new_database(pg_cluster, migrations))
+        return made[-1][1]
+
+    yield make
+    for name, conn in made:
+        conn.close()
+        localdb.drop_database(pg_cluster.admin_url, name)

@@ -10,13 +10,10 @@ an independently built state-before database using the suite's own catalog descr
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
-import psycopg
 import pytest
 
 from catalog_description import describe_schema, differences
+from corpus_projects import CORPUS, chat_rows, checksums, record_history
 from playbook.backups import take_backup
 from playbook.db import localdb
 from playbook.errors import (
@@ -29,10 +26,8 @@ from playbook.reversal import plan as reversal
 from playbook.reversal.data import data_at_stake
 from playbook.reversal.reversible import load_reversible_migration
 from playbook.reversal.rollback import recover_migration, roll_back_migration
-from playbook.reversal.shadow import apply_sql, build_shadow, read_migrations_folder
+from playbook.reversal.shadow import apply_sql, read_migrations_folder
 from playbook.reversal.snapshot import take_snapshot
-
-CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # (project, migration version): every pattern of the corpus is a target once.
 CASES = [
@@ -43,28 +38,6 @@ CASES = [
     ("billing", "20240110093000"),  # publication dropped and re-created
     ("teams", "20240310000000"),  # newest of a chain
 ]
-
-
-def _database(cluster, migrations) -> tuple[str, psycopg.Connection]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    url = localdb.create_database(cluster.admin_url, name)
-    conn = psycopg.connect(url)
-    build_shadow(conn, migrations)
-    return name, conn
-
-
-@pytest.fixture
-def databases(pg_cluster):
-    made: list[tuple[str, psycopg.Connection]] = []
-
-    def make(migrations) -> psycopg.Connection:
-        made.append(_database(pg_cluster, migrations))
-        return made[-1][1]
-
-    yield make
-    for name, conn in made:
-        conn.close()
-        localdb.drop_database(pg_cluster.admin_url, name)
 
 
 @pytest.mark.both_versions
@@ -161,56 +134,14 @@ def test_a_migration_that_changes_no_schema_is_refused_in_review(pg_cluster, dat
 
 # --- the data: exported before the reversal, back after the recovery --------------------
 
-SUPABASE_HISTORY_TABLE = """
-create schema if not exists supabase_migrations;
-create table if not exists supabase_migrations.schema_migrations (
-  version text primary key, statements text[], name text);
-"""
-
-
-def _history(conn, folder) -> None:
-    conn.execute(SUPABASE_HISTORY_TABLE)
-    for item in folder.files:
-        conn.execute("insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
-                     (item.version, [item.sql()], item.name))
-
-
-def _chat_rows(conn) -> None:
-    """A week of a chat app: users (their profiles made by the trigger), rooms (one seeded
-    room renamed, the other deleted), messages replying to later ones, reactions."""
-    conn.execute("""
-        insert into auth.users (id, email, raw_user_meta_data)
-        select ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
-               'user' || g || '@example.test', jsonb_build_object('full_name', 'User ' || g)
-        from generate_series(1, 40) g;
-        update public.rooms set title = 'General chat' where slug = 'general';
-        delete from public.rooms where slug = 'random';
-        insert into public.rooms (slug, title) select 'room-' || g, 'Room ' || g
-        from generate_series(1, 5) g;
-        insert into public.messages (room_id, author_id, kind, body, sent_at)
-        select (select id from public.rooms order by id offset (g % 3) limit 1),
-               ('00000000-0000-0000-0000-' || lpad((1 + g % 40)::text, 12, '0'))::uuid,
-               (array['text', 'image', 'system'])[1 + g % 3]::public.message_kind,
-               repeat('x', g % 50) || ' message ' || g,
-               timestamptz '2024-05-01' + g * interval '1 minute'
-        from generate_series(1, 500) g;
-    """)
-
-
-def _checksums(conn, queries: dict[str, str]) -> dict[str, str]:
-    digest = "select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) from ({}) r"
-    return {name: conn.execute(digest.format(query)).fetchone()[0]
-            for name, query in queries.items()}
-
-
 @pytest.mark.both_versions
 def test_replies_and_reactions_roll_back_and_come_back_row_for_row(pg_cluster, databases,
                                                                     tmp_path):
     folder = read_migrations_folder(CORPUS / "chat")
     target = folder.find("20240320090000")
     live = databases(folder.up_to(target.version))
-    _history(live, folder)
-    _chat_rows(live)
+    record_history(live, folder)
+    chat_rows(live)
     live.execute("""
         update public.messages set reply_to = id + 7 where id % 5 = 0 and id < 490;
         update public.profiles set avatar_url = 'https://img.test/' || id where random() < 2;
@@ -226,7 +157,7 @@ def test_replies_and_reactions_roll_back_and_come_back_row_for_row(pg_cluster, d
         "messages": "select id, room_id, author_id, kind, body, body_chars, sent_at "
                     "from public.messages",
     }
-    before = _checksums(live, watched)
+    before = checksums(live, watched)
     schema_after = describe_schema(live)
     schema_before = describe_schema(databases(folder.before(target.version)))
     export_dir = tmp_path / "export"
@@ -258,7 +189,7 @@ def test_replies_and_reactions_roll_back_and_come_back_row_for_row(pg_cluster, d
         recovered = recover_migration(live, target, states, export_dir)
     assert recovered.history_restored
     assert differences(describe_schema(live), schema_after) == {}
-    assert _checksums(live, watched) == before
+    assert checksums(live, watched) == before
     assert live.execute("select count(*) from supabase_migrations.schema_migrations "
                         "where version = %s", (target.version,)).fetchone()[0] == 1
 
@@ -269,11 +200,11 @@ def test_rooms_and_messages_come_back_with_generated_columns_and_without_the_see
     folder = read_migrations_folder(CORPUS / "chat")
     target = folder.find("20240215120000")
     live = databases(folder.up_to(target.version))
-    _chat_rows(live)
+    chat_rows(live)
     live.commit()
     watched = {"rooms": "select id, slug, title, created_at from public.rooms",
                "messages": "select * from public.messages"}
-    before = _checksums(live, watched)
+    before = checksums(live, watched)
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         plan = reversal.plan_reversal(live, states, folder, target)
         stake = data_at_stake(states.before, states.after)
@@ -284,7 +215,7 @@ def test_rooms_and_messages_come_back_with_generated_columns_and_without_the_see
     live.rollback()
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         recover_migration(live, target, states, tmp_path / "export")
-    assert _checksums(live, watched) == before
+    assert checksums(live, watched) == before
     # The seeded room the application deleted did not come back with the re-applied seeds.
     assert live.execute("select count(*) from public.rooms where slug = 'random'"
                         ).fetchone()[0] == 0
@@ -314,7 +245,7 @@ def test_partitioned_usage_events_are_exported_once_and_come_back(pg_cluster, da
                "per_partition": "select tableoid::regclass::text, count(*) "
                                 "from billing.usage_events group by 1",
                "plans": "select * from billing.plans"}
-    before = _checksums(live, watched)
+    before = checksums(live, watched)
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         plan = reversal.plan_reversal(live, states, folder, target)
         stake = data_at_stake(states.before, states.after)
@@ -324,7 +255,7 @@ def test_partitioned_usage_events_are_exported_once_and_come_back(pg_cluster, da
     assert "billing.usage_events_2024" not in result.exported
     with reversal.shadow_states(pg_cluster.admin_url, folder, target) as states:
         recover_migration(live, target, states, tmp_path / "export")
-    assert _checksums(live, watched) == before
+    assert checksums(live, watched) == before
 
 
 @pytest.mark.both_versions
@@ -333,7 +264,7 @@ def test_a_backup_taken_before_the_migration_gives_the_state_to_return_to(
     folder = read_migrations_folder(CORPUS / "chat")
     target = folder.find("20240320090000")
     earlier = databases(folder.before(target.version))
-    _chat_rows(earlier)
+    chat_rows(earlier)
     earlier.commit()
     backup = take_backup(localdb.database_url_for(pg_cluster.admin_url, earlier.info.dbname),
                          tmp_path / "backups")
@@ -404,10 +335,10 @@ def test_a_snapshot_before_the_deploy_makes_the_rollback_lossless(pg_cluster, da
     folder = read_migrations_folder(CORPUS / "chat")
     target = folder.find("20240320090000")
     live = databases(folder.before(target.version))
-    _chat_rows(live)
+    chat_rows(live)
     live.execute("update public.profiles set bio = 'bio of ' || display_name")
     live.commit()
-    bios = _checksums(live, {"bio": "select id, bio from public.profiles"})
+    bios = checksums(live, {"bio": "select id, bio from public.profiles"})
     url = localdb.database_url_for(pg_cluster.admin_url, live.info.dbname)
     snapshot, kept = take_snapshot(url, target, tmp_path / "snapshots")
     # The snapshot holds the rows of what the migration alters, and only those.
@@ -430,7 +361,7 @@ def test_a_snapshot_before_the_deploy_makes_the_rollback_lossless(pg_cluster, da
     expected = live.execute("select md5(coalesce(string_agg(r::text, '|' order by r::text), '')) "
                             "from (select id, 'bio of ' || display_name as bio "
                             "from public.profiles) r").fetchone()[0]
-    assert _checksums(live, {"bio": "select id, bio from public.profiles"})["bio"] == expected
+    assert checksums(live, {"bio": "select id, bio from public.profiles"})["bio"] == expected
     assert bios["bio"] != expected  # the profile deleted since the deploy stays deleted
 
 

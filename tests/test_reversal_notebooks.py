@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from catalog_description import describe_schema, differences
+from corpus_projects import CORPUS, chat_rows, checksums, record_history
 from notebook_runs import run_notebook, shipped_parameters
 from playbook.db import localdb
 from playbook.reversal.shadow import build_shadow, read_migrations_folder
-from test_reversal import CORPUS, _chat_rows, _checksums, _history
 
 ROLLBACK, RECOVER = "20_rollback_coaching_tables", "21_recover_coaching_tables"
 TARGET = "20240320090000"  # replies and reactions: ALTER-style, new table, replaced function
@@ -33,8 +33,8 @@ def chat_live(pg_cluster, monkeypatch, tmp_path):
     url = localdb.create_database(pg_cluster.admin_url, name)
     with psycopg.connect(url) as conn:
         build_shadow(conn, folder.files)
-        _history(conn, folder)
-        _chat_rows(conn)
+        record_history(conn, folder)
+        chat_rows(conn)
         conn.execute("""
             update public.messages set reply_to = id + 3 where id % 7 = 0 and id < 490;
             update public.profiles set avatar_url = 'https://img.test/' || id;
@@ -60,7 +60,7 @@ def test_a_project_migration_rolls_back_and_recovers_through_the_notebooks(
         pg_cluster, chat_live, tmp_path):
     name, url, folder = chat_live
     with psycopg.connect(url) as conn:
-        before_rows = _checksums(conn, WATCHED)
+        before_rows = checksums(conn, WATCHED)
         schema_after = describe_schema(conn)
     before_name = f"t_{uuid.uuid4().hex[:12]}"
     before_url = localdb.create_database(pg_cluster.admin_url, before_name)
@@ -86,7 +86,7 @@ def test_a_project_migration_rolls_back_and_recovers_through_the_notebooks(
     assert not recovered.failed, recovered.error
     with psycopg.connect(url) as conn:
         assert differences(describe_schema(conn), schema_after) == {}
-        assert _checksums(conn, WATCHED) == before_rows
+        assert checksums(conn, WATCHED) == before_rows
         assert conn.execute("select count(*) from supabase_migrations.schema_migrations "
                             "where version = %s", (TARGET,)).fetchone()[0] == 1
 
@@ -97,7 +97,7 @@ def test_review_with_the_shipped_answers_changes_nothing_and_stops_at_the_gate(
     name, url, folder = chat_live
     with psycopg.connect(url) as conn:
         schema = describe_schema(conn)
-        rows = _checksums(conn, WATCHED)
+        rows = checksums(conn, WATCHED)
     parameters = {**shipped_parameters(ROLLBACK), "migration": TARGET,
                   "migrations_folder": str(folder.path)}
     review = run_notebook(ROLLBACK, tmp_path, parameters)
@@ -106,7 +106,7 @@ def test_review_with_the_shipped_answers_changes_nothing_and_stops_at_the_gate(
     assert 'add column "bio" text' in text  # the plan was shown before the gate
     with psycopg.connect(url) as conn:
         assert differences(describe_schema(conn), schema) == {}
-        assert _checksums(conn, WATCHED) == rows
+        assert checksums(conn, WATCHED) == rows
 
 
 def test_an_older_migration_under_a_newer_one_stops_before_the_gate(pg_cluster, chat_live,

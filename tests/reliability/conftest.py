@@ -4,6 +4,7 @@ same rows), and where incident records go."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,3 +127,21 @@ def pooler_url(demo_db):
         yield conninfo.make_conninfo(demo_db.url, port="6543")
     finally:
         forwarder.close()
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process, as at a terminal, even when the
+    suite was started with SIGINT ignored (a background job of a script inherits that, and
+    Python then never raises KeyboardInterrupt)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ctrl_c_reaches_the_child() -> None:
+    """For ``preexec_fn``: the child takes SIGINT as a terminal's Ctrl-C (default action,
+    so Python raises KeyboardInterrupt), whatever this process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

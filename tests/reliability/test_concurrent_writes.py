@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import threading
-import time
 from collections import deque
 from pathlib import Path
 
@@ -28,24 +26,27 @@ from playbook.procedures import drops
 from playbook.runs import begin_run
 from playbook.steps import rollback_coaching_tables as steps20
 from reliability.conftest import coaching_tables_present
+from reliability.writing_application import WritingApplication
 
 MESSAGES = "public.sponsor_chat_messages"
 NOTEBOOK = "20_rollback_coaching_tables"
 
 
-class Application:
-    """Writes to sponsor_chat_messages in a loop on its own session, one transaction per
-    write, and records each write whose COMMIT returned (``committed``, in commit order).
-    Stops at ``stop()`` or once the table is gone."""
+class Application(WritingApplication):
+    """Edits chat messages (``update``) or replaces the oldest by a new one in one
+    transaction (``replace``, the count unchanged)."""
 
     def __init__(self, url: str, kind: str) -> None:
-        self.url, self.kind = url, kind
-        self.committed: list[tuple] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        super().__init__(url)
+        self.kind = kind
+        self.ids: deque = deque()
 
-    def _write(self, conn: psycopg.Connection, i: int, ids: deque) -> tuple:
+    def prepare(self, conn: psycopg.Connection) -> None:
+        self.ids = deque(r[0] for r in conn.execute(
+            "SELECT id FROM public.sponsor_chat_messages ORDER BY id"))
+
+    def write(self, conn: psycopg.Connection, i: int) -> tuple:
+        ids = self.ids
         body = f"{self.kind} {i} written while the rollback runs"
         if self.kind == "update":
             message = ids[i % len(ids)]
@@ -64,40 +65,6 @@ class Application:
         ids.popleft()
         ids.append(new)
         return ("replace", oldest, new, body)
-
-    def _loop(self) -> None:
-        with psycopg.connect(self.url, application_name="the application") as conn:
-            ids = deque(r[0] for r in conn.execute(
-                "SELECT id FROM public.sponsor_chat_messages ORDER BY id"))
-            conn.commit()
-            i = 0
-            while not self._stop.is_set():
-                try:
-                    self.committed.append(self._write(conn, i, ids))
-                except psycopg.Error as exc:
-                    self.errors.append(type(exc).__name__)
-                    if conn.closed:
-                        return
-                    conn.rollback()
-                    if isinstance(exc, psycopg.errors.UndefinedTable):
-                        return  # the rollback committed: nothing left to write to
-                i += 1
-                time.sleep(0.002)
-
-    def start(self) -> Application:
-        self._thread.start()
-        return self
-
-    def wait_for(self, writes: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.committed) < writes:
-            assert time.monotonic() < deadline, (
-                f"the application wrote only {self.committed}, errors {self.errors}")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def _messages(rows) -> dict[str, str]:

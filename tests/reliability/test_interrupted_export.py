@@ -81,7 +81,7 @@ def _refused_everywhere(db, coaching, folder: Path) -> None:
 
 @pytest.mark.both_versions
 def test_ctrl_c_mid_export_leaves_a_folder_marked_incomplete_that_21_refuses(
-        demo_db, coaching, incidents):
+        demo_db, coaching, incidents, ctrl_c_raises):
     _grow_messages(demo_db)
     folder = drops.default_export_dir(coaching, "ctrl-c")
     run = begin_run("20_rollback_coaching_tables")

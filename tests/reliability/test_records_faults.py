@@ -31,7 +31,7 @@ from notebook_runs import write_notebook
 from playbook import journal, records
 from playbook.records import DIED, RECORD_INCOMPLETE, SUCCEEDED, read_records
 from receivers import webhook_receiver
-from reliability.conftest import coaching_tables_present, mounted_tmpfs
+from reliability.conftest import coaching_tables_present, ctrl_c_reaches_the_child, mounted_tmpfs
 
 YES_20 = {q: "yes" for q in ("issue_confirmed", "recent_backup", "backup_tested",
                               "data_exported", "no_other_way", "team_notified",
@@ -334,7 +334,7 @@ def test_ctrl_c_during_a_step_records_the_run_as_interrupted_there(demo_db, tmp_
          "--notebooks", str(notebooks), "-p", "behaviour", "sleep", "-p", "mode", "execute",
          "-p", "confirm_database", demo_db.name],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=ctrl_c_reaches_the_child)
     _wait_for(lambda: any(e.get("step") == "The step that dies"
                           for e in journal.read(_journal_of(incidents))), 120, "the long step")
     time.sleep(0.5)
