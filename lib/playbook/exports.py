@@ -74,9 +74,10 @@ def _progress(total: int | None, description: str, enabled: bool):
                 leave=False)
 
 
-def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
+def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, bar,
               stop: threading.Event | None = None) -> tuple[int, int, str]:
-    """Run a COPY ... TO STDOUT into ``path``; returns (rows, bytes, sha256).
+    """Run a COPY ... TO STDOUT into ``path`` (None: only hash it); returns (rows, bytes,
+    sha256).
 
     COPY hands over one row per message. psycopg starts the COPY (and reports a bad
     statement); the rows are then read straight from libpq (``PGconn.get_copy_data``,
@@ -87,10 +88,12 @@ def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
     digest = hashlib.sha256()
     written = 0
     block = bytearray()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     pgconn = conn.pgconn
     get_copy_data = pgconn.get_copy_data
-    with conn.cursor() as cur, open(path, "wb") as out:
+    with conn.cursor() as cur, (open(path, "wb") if path is not None
+                                else contextlib.nullcontext(_Discard())) as out:
         with cur.copy(copy):
             while True:
                 size, row = get_copy_data(0)
@@ -119,6 +122,11 @@ def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
                 raise psycopg.errors.error_from_result(result, conn.info.encoding)
             rows = result.command_tuples
     return rows, written, digest.hexdigest()
+
+
+class _Discard:
+    def write(self, _data: bytes) -> None:
+        pass
 
 
 class _Stopped(Exception):
@@ -628,14 +636,14 @@ def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequen
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.identifier)
     copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
-    digest, size = hashlib.sha256(), 0
-    with conn.cursor() as cur:
-        with cur.copy(copy) as copying:
-            for chunk in copying:
-                digest.update(chunk)
-                size += len(chunk)
-        rows = cur.rowcount
-    return rows, size, digest.hexdigest()
+    # The export's own reading loop (rows appended to ~1 MiB blocks straight from libpq),
+    # hashed without writing a file: a third of the client CPU of reading row by row.
+    return _copy_out(conn, copy, None, _NoBar())
+
+
+class _NoBar:
+    def update(self, _n: int) -> None:
+        pass
 
 
 # libpq keywords and the environment variables that carry them, so that a client program
