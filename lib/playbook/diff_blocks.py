@@ -1,12 +1,13 @@
 """The fast path of the primary-key diff: hashed on each server, merged in blocks.
 
 For a table whose primary key is one integer column (the common ``bigserial id``), each
-server streams ``(key, hash of the row)`` in key order as binary COPY: the hash is
+server hands over ``(key, hash of the row)`` in key order, a page of 65,536 rows at a time
+packed into one bytea (keyset pagination on the primary key): the hash is
 ``hash_record_extended(ROW(compared columns), 0)``, computed from the values themselves
 (no text form of the row, five times cheaper than ``md5(row::text)``; PostgreSQL 14 and
 later, stable across servers and versions since hash partitioning relies on it). Both
-servers work at once while this process reads fixed-width records straight into numpy
-arrays and merges them a block at a time: only a block of each side is ever held, and
+servers work at once (a thread per side) while this process reads each page straight
+into numpy arrays and merges them a block at a time: only a block of each side is ever held, and
 only the keys that differ come out as Python values, in key order.
 
 :func:`table_diff.compare_table` uses it when :func:`applies` says so, else its row by
@@ -24,22 +25,16 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-# The fixed-width binary COPY record of (key, hash): field count, then length + value each.
-_KEY_WIDTHS = {"int2": 2, "int4": 4, "int8": 8}
-_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length (no extension)
-BLOCK_ROWS = 65_536
-
-
-def _dtype(width: int) -> np.dtype:
-    return np.dtype([("fields", ">i2"), ("klen", ">i4"), ("key", f">i{width}"),
-                     ("hlen", ">i4"), ("hash", ">i8")])
+_KEY_TYPES = {"int2", "int4", "int8"}
+BLOCK_ROWS = 65_536  # rows per page fetched, and per block merged
+AHEAD = 4  # pages fetched ahead per side: bounded memory (16 bytes a row)
 
 
 def applies(scratch: psycopg.Connection, live: psycopg.Connection, shape) -> bool:
     """One integer key column, both servers 14 or later, and every compared column's
     type hashable on both (probed in a savepoint, so a refusal leaves the transaction
     sound)."""
-    if len(shape.key) != 1 or shape.key[0].type_name not in _KEY_WIDTHS:
+    if len(shape.key) != 1 or shape.key[0].type_name not in _KEY_TYPES:
         return False
     if min(scratch.info.server_version, live.info.server_version) < 140000:
         return False
@@ -54,97 +49,63 @@ def applies(scratch: psycopg.Connection, live: psycopg.Connection, shape) -> boo
     return True
 
 
-def stream_query(shape) -> sql.Composed:
+def page_query(shape) -> sql.Composed:
+    """The next page of (key, row hash) after a key, in key order, as one bytea of
+    big-endian int8 pairs: one message per page instead of one per row."""
     key = sql.Identifier(shape.key[0].name)
     return sql.SQL(
-        "COPY (SELECT {}, hash_record_extended(ROW({}), 0) FROM {} ORDER BY {}) "
-        "TO STDOUT (FORMAT binary)").format(key, shape.column_list(), shape.table.identifier,
-                                            key)
+        "SELECT string_agg(int8send(k) || int8send(h), ''::bytea ORDER BY k) FROM "
+        "(SELECT {}::int8 AS k, hash_record_extended(ROW({}), 0) AS h FROM {} "
+        "WHERE {} > %s ORDER BY {} LIMIT %s) AS page").format(
+        key, shape.column_list(), shape.table.identifier, key, key)
 
 
 class _Side:
-    """One server's (key, hash) stream, read as numpy blocks. A thread reads the COPY
-    (libpq waits without holding the GIL) a few blocks ahead, so that both servers work
-    at once; the COPY itself is started and ended by the caller's ``cursor.copy``."""
-
-    AHEAD = 4  # blocks of about 1 MiB read ahead: bounded memory
+    """One server's (key, hash) pages, read by a thread a few pages ahead (psycopg waits
+    for the server without holding the GIL), so that both servers work at once."""
 
     def __init__(self, conn: psycopg.Connection, shape) -> None:
         self.conn = conn
-        self.dtype = _dtype(_KEY_WIDTHS[shape.key[0].type_name])
-        self._pending = bytearray()
-        self._skip = _HEADER
+        self.query = page_query(shape)
         self.done = False
         self.keys = np.empty(0, np.int64)
         self.hashes = np.empty(0, np.int64)
-        self._blocks: queue.Queue = queue.Queue(self.AHEAD)
+        self._pages: queue.Queue = queue.Queue(AHEAD)
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        pgconn = self.conn.pgconn
-        block = bytearray()
+        after = -(2 ** 63)
         try:
             while not self._stop.is_set():
-                size, row = pgconn.get_copy_data(0)
-                if size > 0:
-                    block += row
-                    if len(block) < (1 << 20):
-                        continue
-                elif size == -2:
-                    raise psycopg.OperationalError(
-                        pgconn.get_error_message(self.conn.info.encoding))
-                self._blocks.put(bytes(block))
-                block.clear()
-                if size == -1:
-                    self._finish()
-                    self._blocks.put(None)
+                data = self.conn.execute(self.query, (after, BLOCK_ROWS),
+                                         binary=True).fetchone()[0]
+                if not data:
+                    self._pages.put(None)
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
-            self._blocks.put(exc)
+                pairs = np.frombuffer(data, dtype=">i8").reshape(-1, 2).astype(np.int64)
+                after = int(pairs[-1, 0])
+                self._pages.put(pairs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the merging side
+            self._pages.put(exc)
 
     def fill(self) -> None:
-        """Read until this side holds at least BLOCK_ROWS records or its stream ends."""
-        need = BLOCK_ROWS * self.dtype.itemsize + self._skip
-        while not self.done and len(self._pending) < need:
-            block = self._blocks.get()
-            if block is None:
+        """Take pages until this side holds at least BLOCK_ROWS keys or has no more."""
+        taken = [self.keys], [self.hashes]
+        held = len(self.keys)
+        while not self.done and held < BLOCK_ROWS:
+            page = self._pages.get()
+            if page is None:
                 self.done = True
-            elif isinstance(block, BaseException):
+            elif isinstance(page, BaseException):
                 self.done = True
-                raise block
+                raise page
             else:
-                self._pending += block
-        body = len(self._pending) - self._skip - (2 if self.done else 0)  # trailer: -1
-        whole = max(body, 0) // self.dtype.itemsize
-        end = self._skip + whole * self.dtype.itemsize
-        records = np.frombuffer(bytes(self._pending[self._skip:end]), dtype=self.dtype)
-        self.keys = np.concatenate([self.keys, records["key"].astype(np.int64)])
-        self.hashes = np.concatenate([self.hashes, records["hash"].astype(np.int64)])
-        del self._pending[:end]
-        self._skip = 0
-
-    def _finish(self) -> None:
-        pgconn = self.conn.pgconn
-        result = pgconn.get_result()
-        while pgconn.get_result() is not None:
-            pass
-        if result is None or result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-            if result is None:
-                raise psycopg.OperationalError("the server sent no result for the COPY")
-            raise psycopg.errors.error_from_result(result, self.conn.info.encoding)
-
-    def stop(self) -> None:
-        """Before the COPY ends early (an error elsewhere): let the reader go, cancel the
-        server's side so the reader's wait ends, and wait for it."""
-        if self._reader.is_alive():
-            self._stop.set()
-            with contextlib.suppress(psycopg.Error):
-                self.conn.cancel_safe(timeout=5)
-            while self._reader.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    self._blocks.get(timeout=0.1)
+                taken[0].append(page[:, 0])
+                taken[1].append(page[:, 1])
+                held += len(page)
+        self.keys, self.hashes = np.concatenate(taken[0]), np.concatenate(taken[1])
 
     def take(self, upto: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The keys (and hashes) up to ``upto`` included (all when None), removed."""
@@ -153,6 +114,14 @@ class _Side:
         self.keys, self.hashes = self.keys[cut:], self.hashes[cut:]
         return keys, hashes
 
+    def stop(self) -> None:
+        """Let the reader go (it ends after the page it is reading) and wait for it, so
+        that the session is free again."""
+        self._stop.set()
+        while self._reader.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._pages.get(timeout=0.1)
+
 
 Found = Callable[[str, tuple], None]
 
@@ -160,20 +129,18 @@ Found = Callable[[str, tuple], None]
 def merged_blocks(scratch: psycopg.Connection, live: psycopg.Connection, shape
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per block, in key order: (backup keys, backup hashes, live keys, live hashes)
-    covering the same key range, so the blocks can be compared on their own. Both COPYs
-    run at once; nothing else may use either session until the generator ends."""
-    with scratch.cursor() as b_cur, live.cursor() as l_cur, \
-            b_cur.copy(stream_query(shape)), l_cur.copy(stream_query(shape)):
-        sides: list[_Side] = []
-        try:
-            backup = _Side(scratch, shape)
-            sides.append(backup)
-            current = _Side(live, shape)
-            sides.append(current)
-            yield from _blocks(backup, current)
-        finally:
-            for side in sides:
-                side.stop()
+    covering the same key range, so the blocks can be compared on their own. Both
+    servers are read at once; nothing else may use either session until it ends."""
+    sides: list[_Side] = []
+    try:
+        backup = _Side(scratch, shape)
+        sides.append(backup)
+        current = _Side(live, shape)
+        sides.append(current)
+        yield from _blocks(backup, current)
+    finally:
+        for side in sides:
+            side.stop()
 
 
 def _blocks(backup: _Side, current: _Side):
