@@ -623,7 +623,8 @@ def session_settings(conn: psycopg.Connection) -> dict[str, str]:
 
 
 def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequence[str],
-                 settings: dict[str, str] | None = None) -> tuple[int, int, str]:
+                 settings: dict[str, str] | None = None, *, show_progress: bool = False,
+                 expected_bytes: int | None = None) -> tuple[int, int, str]:
     """(rows, bytes, SHA-256) of the table's CSV as :func:`export_tables` would write it,
     columns in ``columns`` order, in the current transaction, without writing a file.
 
@@ -638,12 +639,8 @@ def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequen
     copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
     # The export's own reading loop (rows appended to ~1 MiB blocks straight from libpq),
     # hashed without writing a file: a third of the client CPU of reading row by row.
-    return _copy_out(conn, copy, None, _NoBar())
-
-
-class _NoBar:
-    def update(self, _n: int) -> None:
-        pass
+    with _progress(expected_bytes, f"proof {table}", show_progress) as bar:
+        return _copy_out(conn, copy, None, bar)
 
 
 # libpq keywords and the environment variables that carry them, so that a client program

@@ -418,7 +418,8 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
 
 
 def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Path,
-                     *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> RecoveryResult:
+                     *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+                     show_progress: bool = False) -> RecoveryResult:
     """Re-apply, re-import, fix sequences and prove, in one transaction (module docstring).
     ``conn`` must be a read-write session that is not in a transaction."""
     lock_timeout = lock_timeout_setting(lock_timeout)
@@ -444,14 +445,16 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
                 created = [QualifiedName(o.schema, o.name) for o in migration_objects(migration)
                            if o.kind == "table"]
                 result.imported.update(bulk_import(conn, import_order(manifest), folder,
-                                                   manifest, set_aside_on=created))
+                                                   manifest, set_aside_on=created,
+                                                   show_progress=show_progress))
                 for table in import_order(manifest):
                     result.sequences.update(set_owned_sequences(conn, table))
                 settings = manifest.extra.get("session") or {}
                 for table in import_order(manifest):
                     entry = manifest.by_table()[str(table)]
                     rows, _size, digest = table_sha256(
-                        conn, table, csv_columns(folder / entry.file), settings)
+                        conn, table, csv_columns(folder / entry.file), settings,
+                        show_progress=show_progress, expected_bytes=entry.bytes)
                     result.checks.append(Check(f"{table} rows equal the export's",
                                                rows == entry.rows, rows, entry.rows))
                     result.checks.append(Check(f"{table} SHA-256 equals the export's",
@@ -485,7 +488,8 @@ def recover(run, migration: Migration, folder: Path,
                               "observed": "", "expected": "mode='execute' to perform"}])
     run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recover") as conn:
-        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout)
+        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout,
+                                  show_progress=True)
     if result.committed:
         journal.committed("the recovery", [f"{migration.name} re-applied", *result.imported],
                           result.imported,

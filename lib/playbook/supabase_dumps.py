@@ -232,6 +232,9 @@ class ScriptScan:
     started_at: datetime | None = None
     ends_with_reset_all: bool = False
     extensions: set[str] = field(default_factory=set)  # what CREATE EXTENSION names
+    # Lines prepare_script would rewrite (\connect, \restrict, role and database
+    # statements): none, and the script runs as it is, without a rewritten copy.
+    rewrites: int = 0
 
 
 _COMPLETE = re.compile(r"^-- PostgreSQL database (cluster )?dump complete")
@@ -281,6 +284,11 @@ def scan_script(path: Path) -> ScriptScan:
                     pass
             continue
         stripped = line.strip()
+        if line[:1] == "\\" or line[:1] in "CcDdAa" and (
+                _ROLE_STATEMENT.match(line) or _DATABASE_STATEMENT.match(line)):
+            scan.rewrites += bool(_META_DROPPED.match(line) or _CONNECT.match(line)
+                                  or _ROLE_STATEMENT.match(line)
+                                  or _DATABASE_STATEMENT.match(line))
         if stripped and not _META_DROPPED.match(line):
             complete = False
             last_statement = stripped
@@ -546,8 +554,15 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
     keep = _database_to_keep(scan)
     prepared = workdir / f"{uuid.uuid4().hex[:8]}-{script.name}.prepared.sql"
     shown = shown_name or script.name
+    # A plain script with nothing to rewrite (a pg_dump archive written out as SQL) runs
+    # as it is: the same lines, so the same line numbers, without a second copy.
+    with open(script, "rb") as probe:
+        as_is = scan.rewrites == 0 and probe.read(2) != GZIP_MAGIC
     try:
-        prepare_script(script, prepared, keep)
+        if as_is:
+            prepared = script
+        else:
+            prepare_script(script, prepared, keep)
         args = ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"]
         if data_only:
             args += ["-c", "SET session_replication_role = replica"]
@@ -555,7 +570,8 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
         errors = parse_psql_errors(result.stderr, {str(prepared): shown})
         texts = statements_at(prepared, {e.line for e in errors})
     finally:
-        prepared.unlink(missing_ok=True)
+        if not as_is:
+            prepared.unlink(missing_ok=True)
     for error in errors:
         error.statement = texts.get(error.line, "")
     if result.returncode not in (0, 3):
