@@ -7,8 +7,13 @@ packed into one bytea (keyset pagination on the primary key): the hash is
 (no text form of the row, five times cheaper than ``md5(row::text)``; PostgreSQL 14 and
 later, stable across servers and versions since hash partitioning relies on it). Both
 servers work at once (a thread per side) while this process reads each page straight
-into numpy arrays and merges them a block at a time: only a block of each side is ever held, and
-only the keys that differ come out as Python values, in key order.
+into numpy arrays and merges them a block at a time: only a few pages of each side are
+ever held, and only the keys that differ come out as Python values, in key order.
+
+Two things to know. Rows compare equal when their values are equal: ``numeric`` 1.0 and
+1.00 are one value here, where the text form tells them apart. And each page is its own
+statement: the callers read in one snapshot (the diff step's REPEATABLE READ) or under a
+lock that blocks writes to the table (the repair's), so the pages fit together.
 
 :func:`table_diff.compare_table` uses it when :func:`applies` says so, else its row by
 row merge of ``md5(row::text)``.
