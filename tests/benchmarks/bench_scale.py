@@ -37,7 +37,7 @@ from pathlib import Path
 import psycopg
 from playbook import backups, supabase_dumps, table_diff
 from playbook.names import QualifiedName
-url, out = sys.argv[1], Path(sys.argv[2])
+url, out = os.environ["BENCH_URL"], Path(sys.argv[1])
 chat = QualifiedName("public", "sponsor_chat_messages")
 backup = backups.take_backup(url, out / "backup")
 with psycopg.connect(url, autocommit=True) as conn:
@@ -102,8 +102,9 @@ def _run_notebook(stem: str, url: str, rows: int) -> tuple[float, float]:
 def _diff(url: str, admin: str, rows: int) -> dict:
     import json
 
-    env = {**os.environ, "BENCH_SCRATCH": admin}
-    done = subprocess.run([sys.executable, "-c", DIFF_CHILD, url, str(OUT / f"diff-{rows}")],
+    # The URLs (passwords in them) reach the child through its environment, never argv.
+    env = {**os.environ, "BENCH_SCRATCH": admin, "BENCH_URL": url}
+    done = subprocess.run([sys.executable, "-c", DIFF_CHILD, str(OUT / f"diff-{rows}")],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
