@@ -400,3 +400,16 @@ def test_a_role_without_session_replication_role_recovers_with_row_checks(
         assert demo_db.fingerprint() == fingerprint
     else:
         assert _checksums(demo_db) == before
+
+
+def test_a_session_already_in_replica_mode_still_checks_the_foreign_keys(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+    _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", _orphan_first_sender)
+    before = demo_db.fingerprint()
+    with demo_db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.commit()
+        with pytest.raises(VerificationFailed, match=r"sponsor_chat_messages_sender_id_fkey"):
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before
