@@ -320,3 +320,97 @@ def test_a_load_that_would_leave_a_different_schema_is_rolled_back(
             recovery.perform_recovery(conn, coaching, folder)
     assert demo_db.fingerprint() == before
     assert demo_db.scalar("SELECT to_regclass('public.sponsor_chat_messages')") is None
+
+
+# --- the load without per-row checks: foreign keys into other tables checked in one pass --
+
+def _orphan_first_sender(lines: list[bytes]) -> list[bytes]:
+    header, first = lines[0].decode(), lines[1].decode().split(",")
+    first[header.split(",").index("sender_id")] = "00000000-0000-0000-0000-0000000000ff"
+    return [lines[0], ",".join(first).encode(), *lines[2:]]
+
+
+def test_a_message_whose_sender_is_not_a_profile_is_rolled_back_naming_the_foreign_key(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+    _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", _orphan_first_sender)
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed, match=r"sponsor_chat_messages_sender_id_fkey.*"
+                       r"00000000-0000-0000-0000-0000000000ff.*rolled back"):
+        with demo_db.connect() as conn:
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before
+    assert demo_db.scalar("SELECT to_regclass('public.sponsor_chat_messages')") is None
+
+
+def test_a_profile_the_loaded_messages_point_at_cannot_be_deleted_before_commit(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+    manifest = recovery.require_complete_export(coaching, folder)
+    with demo_db.connect() as conn:
+        run_script(conn, coaching.deploy)
+        recovery.bulk_import(conn, recovery.import_order(manifest), folder, manifest)
+        sender = conn.execute("SELECT sender_id FROM public.sponsor_chat_messages "
+                              "LIMIT 1").fetchone()[0]
+        with demo_db.connect() as app:
+            app.execute("SET lock_timeout = '200ms'")
+            # The messages are not committed yet, so only a row lock can stop this delete.
+            with pytest.raises(Exception, match="lock timeout"):
+                app.execute("DELETE FROM public.profiles WHERE id = %s", (sender,))
+            app.rollback()
+        conn.rollback()
+
+
+@pytest.fixture
+def unprivileged_role(demo_db):
+    """A role that owns nothing special and is no superuser: it may not set
+    session_replication_role, so the load keeps its per-row checks."""
+    role = f"recoverer_{demo_db.name}"
+    with demo_db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        # The migration's policies call auth.uid(); the API role they name is granted to it.
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT authenticated TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT, REFERENCES ON public.profiles TO {}").format(
+            sql.Identifier(role)))
+        conn.commit()
+    yield role
+    with demo_db.connect() as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        conn.commit()
+
+
+@pytest.mark.parametrize("orphan", [False, True])
+def test_a_role_without_session_replication_role_recovers_with_row_checks(
+        demo_db, coaching, rolled_back, unprivileged_role, orphan):
+    folder, before = rolled_back
+    if orphan:
+        _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", _orphan_first_sender)
+    fingerprint = demo_db.fingerprint()
+    with demo_db.connect() as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(unprivileged_role)))
+        if orphan:
+            with pytest.raises(VerificationFailed,
+                               match=r"sponsor_chat_messages_sender_id_fkey.*rolled back"):
+                recovery.perform_recovery(conn, coaching, folder)
+        else:
+            assert recovery.perform_recovery(conn, coaching, folder).committed
+    if orphan:
+        assert demo_db.fingerprint() == fingerprint
+    else:
+        assert _checksums(demo_db) == before
+
+
+def test_a_session_already_in_replica_mode_still_checks_the_foreign_keys(
+        demo_db, coaching, rolled_back):
+    folder, _ = rolled_back
+    _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", _orphan_first_sender)
+    before = demo_db.fingerprint()
+    with demo_db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.commit()
+        with pytest.raises(VerificationFailed, match=r"sponsor_chat_messages_sender_id_fkey"):
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before

@@ -112,3 +112,50 @@ def test_an_error_is_fatal_only_when_its_statement_creates_or_fills_a_chosen_tab
     error = supabase_dumps.RestoreError("x.sql", 7, "some error", False, "", statement)
     supabase_dumps.judge(error, chosen)
     assert error.harmless is not fatal, error.why
+
+
+def _archive(url: str, tmp_path):
+    from playbook import backups
+
+    return supabase_dumps.read_any_backup(backups.take_backup(url, tmp_path / "bk").path)
+
+
+def test_a_pg_dump_archive_restores_only_the_chosen_tables_rows(
+        demo_db, pg_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
+    backup = _archive(demo_db.url, tmp_path)
+    restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL",
+                                                 tables=["public.journal_entries"])
+    try:
+        assert restored.script.fatal == [] and restored.script.errors == []
+        assert any("only the chosen tables' rows" in p for p in restored.scratch.prepared)
+        with restored.scratch.connect() as scratch, demo_db.connect() as live:
+            for table, rows in (("public.journal_entries", None), ("public.profiles", 0),
+                                ("public.sponsor_chat_messages", 0)):
+                expected = live.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                found = scratch.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                assert found == (expected if rows is None else rows), table
+            # The chosen table keeps its primary key: the diff and the repair read by it.
+            assert scratch.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                                   "'public.journal_entries'::regclass AND contype = 'p'"
+                                   ).fetchone()[0] == 1
+    finally:
+        restored.scratch.drop()
+
+
+def test_a_chosen_table_with_inheritance_children_gets_their_rows_too(
+        demo_db, pg_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCRATCH_SERVER_URL", pg_cluster.admin_url)
+    with demo_db.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.events (id int PRIMARY KEY, kind text)")
+        conn.execute("CREATE TABLE public.events_2025 () INHERITS (public.events)")
+        conn.execute("INSERT INTO public.events VALUES (1, 'parent')")
+        conn.execute("INSERT INTO public.events_2025 VALUES (2, 'child'), (3, 'child')")
+    backup = _archive(demo_db.url, tmp_path)
+    restored = supabase_dumps.restore_to_scratch(backup, "SCRATCH_SERVER_URL",
+                                                 tables=["public.events"])
+    try:
+        with restored.scratch.connect() as scratch:
+            assert scratch.execute("SELECT count(*) FROM public.events").fetchone()[0] == 3
+    finally:
+        restored.scratch.drop()

@@ -9,7 +9,7 @@ import pytest
 from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, ObjectNotFound
 from playbook.exports import require_sound_export
-from playbook.procedures import table_diff
+from playbook.procedures import diff_blocks, table_diff
 from restore_tables_helpers import damage
 
 
@@ -72,3 +72,66 @@ def test_backup_of_another_database_has_no_such_tables(demo_db, empty_db):
             table_diff.diff_tables(scratch, live, [QualifiedName("public", "virtues")], None)
         with pytest.raises(ObjectNotFound, match="no tables"):
             table_diff.chosen_tables(scratch, [], ["public"])
+
+
+# --- the block merge (one integer key, hashed on each server) -----------------------------
+
+class _Keys(table_diff.KeySink):
+    def __init__(self) -> None:
+        self.keys: list = []
+
+    def write(self, keys) -> None:
+        self.keys += keys
+
+
+@pytest.mark.parametrize("key_type", ["int4", "int8", "int2"])
+@pytest.mark.parametrize("block_rows", [1, 7, 65_536])
+def test_the_block_merge_finds_every_row_at_block_edges_and_table_ends(
+        demo_db, backup_copy, monkeypatch, key_type, block_rows):
+    monkeypatch.setattr(diff_blocks, "BLOCK_ROWS", block_rows)
+    ddl = (f"CREATE TABLE public.items (id {key_type} PRIMARY KEY, label text, "
+           "seen timestamptz)")
+    for url in (backup_copy, demo_db.url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(ddl)
+            conn.execute("INSERT INTO public.items SELECT g * 2, 'item ' || g, "
+                         "'2026-01-01'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(1, 100) g")
+    with psycopg.connect(demo_db.url, autocommit=True) as live:
+        # Deleted: the first key, the last, a run in the middle; changed: neighbours of
+        # those; added: below the first key, in a gap, after the last.
+        live.execute("DELETE FROM public.items WHERE id IN (2, 200) OR id BETWEEN 40 AND 50")
+        live.execute("UPDATE public.items SET label = 'x' WHERE id IN (4, 52, 198)")
+        live.execute("UPDATE public.items SET seen = NULL WHERE id = 100")
+        live.execute("INSERT INTO public.items VALUES (1, 'new', NULL), (41, 'new', NULL), "
+                      "(201, 'new', NULL), (300, 'new', now())")
+    table = QualifiedName("public", "items")
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        shape = table_diff.table_shape(scratch, live, table)
+        assert diff_blocks.applies(scratch, live, shape)
+        sinks = {kind: [_Keys()] for kind in (table_diff.DELETED, table_diff.CHANGED,
+                                              table_diff.ADDED)}
+        diff = table_diff.compare_table(scratch, live, shape, sinks)
+    found = {kind: [k[0] for k in s[0].keys] for kind, s in sinks.items()}
+    assert found[table_diff.DELETED] == [2, 40, 42, 44, 46, 48, 50, 200]
+    assert found[table_diff.CHANGED] == [4, 52, 100, 198]
+    assert found[table_diff.ADDED] == [1, 41, 201, 300]
+    assert (diff.backup_rows, diff.live_rows) == (100, 96)
+    assert diff.unchanged == 100 - 8 - 4
+
+
+def test_a_table_with_a_json_column_is_diffed_row_by_row(demo_db, backup_copy):
+    for url in (backup_copy, demo_db.url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.docs (id bigint PRIMARY KEY, body json)")
+            conn.execute("INSERT INTO public.docs SELECT g, json_build_object('n', g) "
+                         "FROM generate_series(1, 20) g")
+    with psycopg.connect(demo_db.url, autocommit=True) as live:
+        live.execute("UPDATE public.docs SET body = '{\"n\": 0}' WHERE id = 3")
+        live.execute("DELETE FROM public.docs WHERE id = 20")
+    table = QualifiedName("public", "docs")
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        shape = table_diff.table_shape(scratch, live, table)
+        assert not diff_blocks.applies(scratch, live, shape)  # json has no hash function
+        diff = table_diff.compare_table(scratch, live, shape)
+    assert (diff.changed, diff.deleted, diff.added) == (1, 1, 0)

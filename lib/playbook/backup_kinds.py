@@ -125,6 +125,9 @@ class ScriptScan:
     started_at: datetime | None = None
     ends_with_reset_all: bool = False
     extensions: set[str] = field(default_factory=set)  # what CREATE EXTENSION names
+    # Lines prepare_script would rewrite (\connect, \restrict, role and database
+    # statements): none, and the script runs as it is, without a rewritten copy.
+    rewrites: int = 0
 
 
 _COMPLETE = re.compile(r"^-- PostgreSQL database (cluster )?dump complete")
@@ -186,6 +189,11 @@ def scan_script(path: Path) -> ScriptScan:
                     pass
             continue
         stripped = line.strip()
+        if line[:1] == "\\" or line[:1] in "CcDdAa" and (
+                ROLE_STATEMENT.match(line) or DATABASE_STATEMENT.match(line)):
+            scan.rewrites += bool(META_DROPPED.match(line) or CONNECT.match(line)
+                                  or ROLE_STATEMENT.match(line)
+                                  or DATABASE_STATEMENT.match(line))
         if stripped and not META_DROPPED.match(line):
             complete = False
             last_statement = stripped

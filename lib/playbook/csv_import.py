@@ -5,7 +5,6 @@ so that a re-import proves the table holds the file."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from .db.names import QualifiedName
-from .exports import CHUNK, OUTPUT_SETTINGS, progress_bar
+from .exports import CHUNK, OUTPUT_SETTINGS, copy_out, progress_bar
 
 
 def csv_columns(path: Path) -> list[str]:
@@ -50,7 +49,8 @@ def _csv_rows(line: bytes):
 
 
 def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequence[str],
-                 settings: dict[str, str] | None = None) -> tuple[int, int, str]:
+                 settings: dict[str, str] | None = None, *, show_progress: bool = False,
+                 expected_bytes: int | None = None) -> tuple[int, int, str]:
     """(rows, bytes, SHA-256) of the table's CSV as :func:`export_tables` would write it,
     columns in ``columns`` order, in the current transaction, without writing a file.
 
@@ -63,11 +63,7 @@ def table_sha256(conn: psycopg.Connection, table: QualifiedName, columns: Sequen
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.identifier)
     copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
-    digest, size = hashlib.sha256(), 0
-    with conn.cursor() as cur:
-        with cur.copy(copy) as copying:
-            for chunk in copying:
-                digest.update(chunk)
-                size += len(chunk)
-        rows = cur.rowcount
-    return rows, size, digest.hexdigest()
+    # The export's own reading loop (rows appended to ~1 MiB blocks straight from libpq),
+    # hashed without writing a file: a third of the client CPU of reading row by row.
+    with progress_bar(expected_bytes, f"proof {table}", show_progress) as bar:
+        return copy_out(conn, copy, None, bar)

@@ -74,9 +74,10 @@ def progress_bar(total: int | None, description: str, enabled: bool):
                 leave=False)
 
 
-def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
+def copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, bar,
               stop: threading.Event | None = None) -> tuple[int, int, str]:
-    """Run a COPY ... TO STDOUT into ``path``; returns (rows, bytes, sha256).
+    """Run a COPY ... TO STDOUT into ``path`` (None: only hash it); returns (rows, bytes,
+    sha256).
 
     COPY hands over one row per message. psycopg starts the COPY (and reports a bad
     statement); the rows are then read straight from libpq (``PGconn.get_copy_data``,
@@ -87,10 +88,12 @@ def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
     digest = hashlib.sha256()
     written = 0
     block = bytearray()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     pgconn = conn.pgconn
     get_copy_data = pgconn.get_copy_data
-    with conn.cursor() as cur, open(path, "wb") as out:
+    with conn.cursor() as cur, (open(path, "wb") if path is not None
+                                else contextlib.nullcontext(_Discard())) as out:
         with cur.copy(copy):
             while True:
                 size, row = get_copy_data(0)
@@ -119,6 +122,11 @@ def _copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path, bar,
                 raise psycopg.errors.error_from_result(result, conn.info.encoding)
             rows = result.command_tuples
     return rows, written, digest.hexdigest()
+
+
+class _Discard:
+    def write(self, _data: bytes) -> None:
+        pass
 
 
 class _Stopped(Exception):
@@ -150,7 +158,7 @@ def export_query(conn: psycopg.Connection, query: sql.Composable, path: Path,
                  *, show_progress: bool = False, description: str = "") -> tuple[int, int, str]:
     """COPY (query) TO a CSV file with a header; returns (rows, bytes, sha256)."""
     with progress_bar(None, description or path.name, show_progress) as bar:
-        return _copy_out(conn, _copy_statement(query), path, bar)
+        return copy_out(conn, _copy_statement(query), path, bar)
 
 
 def _session_settings_to_copy(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -421,7 +429,7 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
     try:
         if not helpers:
             for index, _table, copy, file in work:
-                results[index] = _copy_out(conn, copy, folder / file, bars[index])
+                results[index] = copy_out(conn, copy, folder / file, bars[index])
             return results
         sizes = dict(conn.execute(
             "SELECT t.i, pg_relation_size(t.name::regclass) FROM unnest(%s::int[], %s::text[]) "
@@ -437,7 +445,7 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                         return
                     index, _table, copy, file = queue.pop(0)
                 try:
-                    results[index] = _copy_out(session, copy, folder / file, bars[index], stop)
+                    results[index] = copy_out(session, copy, folder / file, bars[index], stop)
                 except _Stopped:
                     return
                 except BaseException as exc:  # noqa: BLE001 - raised again below

@@ -39,6 +39,7 @@ from . import backups
 from .backup_kinds import (
     CONNECT,
     DATABASE_STATEMENT,
+    GZIP_MAGIC,
     KIND_SUPABASE_PLAIN,
     KIND_SUPABASE_TRIO,
     META_DROPPED,
@@ -52,7 +53,7 @@ from .backup_kinds import (
     script_lines,
 )
 from .db import connecting, localdb, scratch_servers
-from .db.names import split_identifier
+from .db.names import QualifiedName, split_identifier
 from .db.pgbinaries import client_program
 from .errors import BackupUnusable, PlaybookError
 from .evidence import Evidence
@@ -271,8 +272,15 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
     keep = _database_to_keep(scan)
     prepared = workdir / f"{uuid.uuid4().hex[:8]}-{script.name}.prepared.sql"
     shown = shown_name or script.name
+    # A plain script with nothing to rewrite (a pg_dump archive written out as SQL) runs
+    # as it is: the same lines, so the same line numbers, without a second copy.
+    with open(script, "rb") as probe:
+        as_is = scan.rewrites == 0 and probe.read(2) != GZIP_MAGIC
     try:
-        prepare_script(script, prepared, keep)
+        if as_is:
+            prepared = script
+        else:
+            prepare_script(script, prepared, keep)
         args = ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"]
         if data_only:
             args += ["-c", "SET session_replication_role = replica"]
@@ -280,7 +288,8 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
         errors = parse_psql_errors(result.stderr, {str(prepared): shown})
         texts = statements_at(prepared, {e.line for e in errors})
     finally:
-        prepared.unlink(missing_ok=True)
+        if not as_is:
+            prepared.unlink(missing_ok=True)
     for error in errors:
         error.statement = texts.get(error.line, "")
     if result.returncode not in (0, 3):
@@ -348,21 +357,70 @@ def complete_tables_for_data(conn: psycopg.Connection, data: ScriptScan) -> list
 # --- restoring a script backup ---------------------------------------------------------
 
 
-def _scripts_of(backup: backups.Backup, workdir: Path) -> list[Path]:
+def _scripts_of(backup: backups.Backup, workdir: Path, rows_of: Chosen | None = None
+                ) -> list[Path]:
     if backup.kind == KIND_SUPABASE_TRIO:
         return [backup.path / name for name in TRIO_FILES]
     if backup.kind == backups.KIND_PG_DUMP_CUSTOM:
-        return [archive_as_script(backup, workdir)]
+        return [archive_as_script(backup, workdir, rows_of)]
     return [backup.path]
 
 
-def archive_as_script(backup: backups.Backup, workdir: Path) -> Path:
+def _data_entries_left_out(program: Path, backup: backups.Backup, rows_of: Chosen,
+                           listing: Path) -> int:
+    """Write into ``listing`` the archive's table of contents (``pg_restore -l``) with the
+    rows (TABLE DATA) of every table ``rows_of`` does not cover commented out, for
+    ``pg_restore -L``: definitions, sequences and the chosen tables' rows stay. Foreign
+    keys and plain indexes are left out too: the scratch copy is only read, by primary
+    key (a foreign key into a table whose rows are left out could not be created anyway).
+    Returns how many tables' rows were left out; 0 (and no filtering) when the archive
+    has partitions, whose rows belong to a parent the listing does not name, or a name
+    the listing does not show unambiguously."""
+    listed = backups.run_tool(program, ["--list", str(backup.path)])
+    if listed.returncode != 0:
+        return 0
+    lines = listed.stdout.splitlines(keepends=True)
+    if any(" TABLE ATTACH " in line for line in lines if not line.startswith(";")):
+        return 0
+    left_out = 0
+    kept = []
+    for line in lines:
+        marker = " TABLE DATA "
+        if not line.startswith(";") and (" FK CONSTRAINT " in line or " INDEX " in line):
+            kept.append(";" + line)
+            continue
+        if not line.startswith(";") and marker in line:
+            words = line.split(marker, 1)[1].split()
+            if len(words) != 3:  # schema name owner; a name with a space: keep its rows
+                return 0
+            if not rows_of.covers(str(QualifiedName(words[0], words[1]))):
+                kept.append(";" + line)
+                left_out += 1
+                continue
+        kept.append(line)
+    listing.write_text("".join(kept))
+    return left_out
+
+
+def archive_as_script(backup: backups.Backup, workdir: Path, rows_of: Chosen | None = None
+                      ) -> Path:
     """A ``pg_dump -Fc`` archive written out as the plain script it holds (``pg_restore
-    --file``), so it restores like the other kinds: every error kept with its statement."""
+    --file``), so it restores like the other kinds: every error kept with its statement.
+    With ``rows_of`` naming tables or schemas, only those tables' rows are in it (every
+    definition is): a surgical restore reads no other rows, so it restores no others."""
     workdir.mkdir(parents=True, exist_ok=True)
     target = workdir / f"{uuid.uuid4().hex[:8]}-{backup.path.name}.sql"
     program = backups._client("pg_restore", None)
-    result = backups.run_tool(program, ["--file", str(target), str(backup.path)])
+    listing = target.with_suffix(".list")
+    selected = []
+    if rows_of is not None and (rows_of.tables or rows_of.schemas) and \
+            _data_entries_left_out(program, backup, rows_of, listing):
+        selected = [f"--use-list={listing}"]
+    try:
+        result = backups.run_tool(program, ["--file", str(target), *selected,
+                                            str(backup.path)])
+    finally:
+        listing.unlink(missing_ok=True)
     if result.returncode != 0:
         target.unlink(missing_ok=True)
         raise BackupUnusable(
@@ -482,24 +540,53 @@ class RestoredBackup:
         return self.script.errors_table()
 
 
+def _rows_left_out(scan: ScriptScan) -> bool:
+    """Whether the script creates a table without restoring its rows (pg_dump writes a
+    COPY for every table it dumps, empty ones included)."""
+    return bool(scan.created_tables - set(scan.rows))
+
+
+def _chosen_have_children(scratch: Scratch, chosen: Chosen) -> bool:
+    """Whether a chosen table has inheritance children or partitions in the scratch copy
+    (their rows are read through it, so they must be restored too)."""
+    with scratch.connect(purpose="scratch-count", read_only=True) as conn:
+        parents = conn.execute(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c "
+            "ON c.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace").fetchall()
+    return any(chosen.covers(str(QualifiedName(s, t))) for s, t in parents)
+
+
 def restore_to_scratch(backup: backups.Backup, scratch_url_env: str = "", *,
-                       workdir: Path | None = None, tables=(), schemas=()) -> RestoredBackup:
+                       workdir: Path | None = None, tables=(), schemas=(),
+                       rows_only_of_chosen: bool = True) -> RestoredBackup:
     """Restore ``backup`` into a new scratch database (never the target), on the best
     scratch server for the extensions it creates (:mod:`scratch_servers`). Every kind goes
     through psql (a pg_dump archive as the script it holds). The scratch database and its
     placeholder roles are dropped if the restore fails."""
     work = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
-    scripts = _scripts_of(backup, work)
+    chosen = Chosen.of(tables, schemas)
+    # Only the chosen tables' rows are restored from a pg_dump archive, unless a chosen
+    # table turns out to have children (inheritance) whose rows are read through it.
+    scripts = _scripts_of(backup, work, chosen if rows_only_of_chosen else None)
     try:
         scans = [scan_script(s) for s in scripts]
         wanted = sorted({e for scan in scans for e in scan.extensions})
         scratch = create_scratch(scratch_url_env, extensions=wanted)
         try:
-            restored = restore_scripts(backup, scratch, work, Chosen.of(tables, schemas),
-                                       scripts, scans)
+            restored = restore_scripts(backup, scratch, work, chosen, scripts, scans)
+            partial = rows_only_of_chosen and backup.kind == backups.KIND_PG_DUMP_CUSTOM \
+                and _rows_left_out(scans[0])
+            if partial and _chosen_have_children(scratch, chosen):
+                scratch.drop()
+                return restore_to_scratch(backup, scratch_url_env, workdir=workdir,
+                                          tables=tables, schemas=schemas,
+                                          rows_only_of_chosen=False)
         except (PlaybookError, subprocess.SubprocessError, psycopg.Error):
             scratch.drop()
             raise
+        if partial:
+            scratch.prepared.append("only the chosen tables' rows restored, without foreign "
+                                    "keys and plain indexes: the diff reads no others")
         return RestoredBackup(backup, scratch, restored.seconds, restored.counts, restored)
     finally:
         if backup.kind == backups.KIND_PG_DUMP_CUSTOM:

@@ -92,6 +92,13 @@ class LoginProbe:
         self._thread.join()
 
 
+def bench_major() -> int | None:
+    """``BENCH_PG=15`` runs a benchmark on Debian's PostgreSQL 15 (what Supabase runs);
+    unset: the embedded default (16)."""
+    value = os.environ.get("BENCH_PG", "").strip()
+    return int(value) if value else None
+
+
 @contextmanager
 def loaded_database(name: str, out: Path) -> Iterator[tuple[str, str]]:
     """A throwaway cluster under ``out`` holding the demo application, the coaching
@@ -99,7 +106,7 @@ def loaded_database(name: str, out: Path) -> Iterator[tuple[str, str]]:
     The cluster is destroyed afterwards."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cluster = localdb.LocalCluster(name, home=out)
+    cluster = localdb.LocalCluster(name, home=out, major=bench_major())
     state = cluster.start()
     try:
         url = localdb.create_database(state.url("postgres"), "bench", replace=True)

@@ -538,5 +538,3 @@ def _verify_after_drop(conn: psycopg.Connection, migration: Migration,
     checks.append(Check("every object of the migration is gone", not left,
                         ", ".join(left) or "none left", "none left"))
     return checks + protected_tables_untouched(conn, before, plan)
-
-

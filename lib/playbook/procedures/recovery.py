@@ -39,6 +39,7 @@ from ..exports import INCOMPLETE, MANIFEST, Manifest, require_sound_export
 from ..incidents import incidents_root
 from ..reversal.reversible import ReversibleMigration
 from ..verification import Check, checks_table, require_all_pass
+from . import bulk_load
 from .drops import DEFAULT_LOCK_TIMEOUT, default_export_dir, lock_scope
 
 
@@ -117,7 +118,7 @@ class RecoveryResult:
 
 # --- loading the way pg_restore does -------------------------------------------------
 
-FOREIGN_KEY, INDEX = "foreign key", "index"
+FOREIGN_KEY, INDEX, KEY = "foreign key", "index", "key"
 
 # Foreign keys that can be set aside: BETWEEN the loaded tables only (both ends), declared
 # on an ordinary table (not a partition, not inherited from a partitioned parent), nothing
@@ -174,14 +175,14 @@ class SetAside:
     """A foreign key or secondary index of a table being loaded: dropped before the COPY,
     re-created after it with the same name and the definition the server printed."""
 
-    kind: str  # FOREIGN_KEY or INDEX
+    kind: str  # FOREIGN_KEY, KEY (primary or unique) or INDEX
     schema: str
     table: str
     name: str
     definition: str  # pg_get_constraintdef / pg_get_indexdef, server-generated
 
     def drop_statement(self) -> sql.Composed:
-        if self.kind == FOREIGN_KEY:
+        if self.kind in (FOREIGN_KEY, KEY):
             return sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
                 sql.Identifier(self.schema, self.table), sql.Identifier(self.name))
         return sql.SQL("DROP INDEX {}").format(sql.Identifier(self.schema, self.name))
@@ -192,7 +193,7 @@ class SetAside:
         # so every name in it is qualified); no parameter or file content ever enters it.
         # It is wrapped as SQL exactly as the server produced it.
         server_text = sql.SQL(self.definition)
-        if self.kind == FOREIGN_KEY:
+        if self.kind in (FOREIGN_KEY, KEY):
             return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 sql.Identifier(self.schema, self.table), sql.Identifier(self.name),
                 server_text)
@@ -224,6 +225,17 @@ def objects_to_set_aside(conn: psycopg.Connection, tables: list[QualifiedName]
     with _qualified_names(conn):
         rows = (conn.execute(_FOREIGN_KEYS, {"tables": oids}).fetchall()
                 + conn.execute(_SECONDARY_INDEXES, {"tables": oids}).fetchall())
+    return [SetAside(*row) for row in rows]
+
+
+def keys_to_set_aside(conn: psycopg.Connection, tables: list[QualifiedName],
+                      set_aside: list[SetAside]) -> list[SetAside]:
+    """The primary and unique keys of ``tables`` that a load may drop and re-create once
+    the foreign keys in ``set_aside`` are dropped (see ``bulk_load._KEYS``): built after
+    the data, in one pass, as pg_restore builds them."""
+    foreign_keys = [(o.schema, o.table, o.name) for o in set_aside if o.kind == FOREIGN_KEY]
+    with _qualified_names(conn):
+        rows = bulk_load.key_rows(conn, _oids(conn, tables), foreign_keys)
     return [SetAside(*row) for row in rows]
 
 
@@ -316,24 +328,34 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
     restructured = [t for t in tables if set_aside_on is None or t in set_aside_on]
     before = schema_snapshot(conn, restructured)
     set_aside = objects_to_set_aside(conn, restructured)
-    for obj in set_aside:
+    set_aside += keys_to_set_aside(conn, restructured, set_aside)
+    # Foreign keys go first (they rely on keys), then keys, then plain indexes.
+    rank = {FOREIGN_KEY: 0, KEY: 1, INDEX: 2}
+    for obj in sorted(set_aside, key=lambda o: rank[o.kind]):
         conn.execute(obj.drop_statement())
+    loaded = _oids(conn, tables)
     imported = {}
-    try:
-        for table in tables:
-            entry = manifest.by_table()[str(table)]
-            imported[str(table)] = import_csv(conn, table, folder / entry.file,
-                                              show_progress=show_progress)
-    except pgerrors.IntegrityError as exc:
-        raise _rejected_rows(exc, "being copied") from None
-    # Indexes first (a unique one refuses duplicates here), then the foreign keys: ADD
-    # CONSTRAINT validates all rows with one anti-join where the COPY would have queued a
-    # trigger per row.
-    for obj in sorted(set_aside, key=lambda o: o.kind == FOREIGN_KEY):
+    with bulk_load.rows_without_row_triggers(conn, loaded) as unchecked:
+        # The foreign keys still in place are not checked row by row in that mode: they
+        # are checked below, in one pass each.
+        kept = bulk_load.kept_foreign_keys(conn, loaded) if unchecked else []
+        try:
+            for table in tables:
+                entry = manifest.by_table()[str(table)]
+                imported[str(table)] = import_csv(conn, table, folder / entry.file,
+                                                  show_progress=show_progress)
+        except pgerrors.IntegrityError as exc:
+            raise _rejected_rows(exc, "being copied") from None
+    # Keys and indexes first (a unique one refuses duplicates here), then the foreign
+    # keys: ADD CONSTRAINT validates all rows with one anti-join where the COPY would have
+    # queued a trigger per row.
+    rebuild = {KEY: 0, INDEX: 1, FOREIGN_KEY: 2}
+    for obj in sorted(set_aside, key=lambda o: rebuild[o.kind]):
         try:
             conn.execute(obj.create_statement())
         except pgerrors.IntegrityError as exc:
             raise _rejected_rows(exc, f"re-creating {obj.kind} {obj.name}") from None
+    bulk_load.check_kept_foreign_keys(conn, kept)
     differences = schema_differences(before, schema_snapshot(conn, restructured))
     if differences:
         raise VerificationFailed(
@@ -345,7 +367,8 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
 
 
 def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Path,
-                     *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> RecoveryResult:
+                     *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+                     show_progress: bool = False) -> RecoveryResult:
     """Re-apply, re-import, fix sequences and prove, in one transaction (module docstring).
     ``conn`` must be a read-write session that is not in a transaction."""
     lock_timeout = lock_timeout_setting(lock_timeout)
@@ -370,7 +393,8 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
             created = [QualifiedName(o.schema, o.name) for o in migration_objects(migration)
                        if o.kind == "table"]
             result.imported.update(bulk_import(conn, import_order(manifest), folder,
-                                               manifest, set_aside_on=created))
+                                               manifest, set_aside_on=created,
+                                               show_progress=show_progress))
             for table in import_order(manifest):
                 result.sequences.update({p.sequence: p.next_value
                                          for p in advance_sequences(conn, table)})
@@ -378,7 +402,8 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
             for table in import_order(manifest):
                 entry = manifest.by_table()[str(table)]
                 rows, _size, digest = table_sha256(
-                    conn, table, csv_columns(folder / entry.file), settings)
+                    conn, table, csv_columns(folder / entry.file), settings,
+                    show_progress=show_progress, expected_bytes=entry.bytes)
                 result.checks.append(Check(f"{table} rows equal the export's",
                                            rows == entry.rows, rows, entry.rows))
                 result.checks.append(Check(f"{table} SHA-256 equals the export's",

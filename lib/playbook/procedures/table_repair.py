@@ -229,6 +229,49 @@ def other_tables(conn: psycopg.Connection, chosen: Sequence[QualifiedName]
     return sorted((t for t in found if str(t) not in names), key=str)
 
 
+def others_before(live: psycopg.Connection, others: Sequence[QualifiedName]) -> dict:
+    """What :func:`others_unchanged` compares with: each table's identity (relations and
+    their files, columns, constraints) from the catalog; with ``track_counts`` off, its
+    rows and checksum instead (a full read)."""
+    from .drops import _protected_identity, counts_changes
+
+    if counts_changes(live):
+        return {str(t): _protected_identity(live, t) for t in others}
+    return {str(t): table_checksum(live, t.schema, t.name) for t in others}
+
+
+def others_unchanged(live: psycopg.Connection, others: Sequence[QualifiedName],
+                     before: dict) -> list[Check]:
+    """One check per table not chosen: this transaction changed none of its rows (its
+    own row counters in ``pg_stat_xact_all_tables``, cascades and triggers included, zero)
+    and it is the same table (same storage, columns, constraints); the drop proves its
+    protected tables the same way (drops.protected_tables_untouched). Writes committed
+    meanwhile by the application to those tables are theirs, not the repair's."""
+    from .drops import _protected_identity, counts_changes
+
+    checks = []
+    counted = counts_changes(live)
+    for table in others:
+        then = before[str(table)]
+        if not counted:
+            now = table_checksum(live, table.schema, table.name)
+            checks.append(Check(f"{table} unchanged (not chosen; track_counts is off: "
+                                "compared row by row)", now == then,
+                                f"{now[0]} rows, md5 {now[1][:12]}",
+                                f"{then[0]} rows, md5 {then[1][:12]}"))
+            continue
+        now = _protected_identity(live, table)
+        same = now is not None and then is not None and now[:3] == then[:3]
+        inserted, updated, deleted = now[3] if now is not None else (0, 0, 0)
+        untouched = same and inserted == updated == deleted == 0
+        checks.append(Check(f"{table} unchanged (not chosen): same table, no row inserted, "
+                            "updated or deleted by this transaction", untouched,
+                            f"{inserted} inserted, {updated} updated, {deleted} deleted"
+                            + ("" if same else "; its storage, columns or constraints "
+                               "changed"), "0 inserted, 0 updated, 0 deleted"))
+    return checks
+
+
 # --- review: the plan ----------------------------------------------------------------------
 
 
@@ -364,7 +407,7 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
         live.execute("SET CONSTRAINTS ALL DEFERRED")
         chosen = [p.diff.table for p in plan.tables]
         others = other_tables(live, chosen)
-        before_others = {str(t): table_checksum(live, t.schema, t.name) for t in others}
+        before_others = others_before(live, others)
         step("locked")
         before: dict[str, TableDiff] = {}
         for item in plan.tables:
@@ -416,12 +459,7 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
             shape = item.diff.shape
             after = table_diff.compare_table(scratch, live, shape)
             checks += after_checks(before[str(shape.table)], after, item.strategy)
-        for table in others:
-            now = table_checksum(live, table.schema, table.name)
-            then = before_others[str(table)]
-            checks.append(Check(f"{table} unchanged (not chosen)", now == then,
-                                f"{now[0]} rows, md5 {now[1][:12]}",
-                                f"{then[0]} rows, md5 {then[1][:12]}"))
+        checks += others_unchanged(live, others, before_others)
         step("verified")
         require_all_pass(
             checks, "The repair did not verify inside its transaction", rolled_back=True,

@@ -108,7 +108,8 @@ def recover(run: Run, migration: Migration, folder: Path,
                               "observed": "", "expected": "mode='execute' to perform"}])
     run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:recover") as conn:
-        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout)
+        result = perform_recovery(conn, migration, folder, lock_timeout=lock_timeout,
+                                  show_progress=True)
     if result.committed:
         journal.committed("the recovery", [f"{migration.name} re-applied", *result.imported],
                           result.imported,

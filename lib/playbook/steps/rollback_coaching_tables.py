@@ -187,7 +187,7 @@ def perform_rollback(run: Run, migration: Migration, export_dir: Path,
     run.require_open_gates()
     with run.connect(purpose=f"{run.notebook}:drop") as conn:
         result = perform_drop(conn, migration, export_dir, include_dependents,
-                              lock_timeout=lock_timeout)
+                              lock_timeout=lock_timeout, show_progress=True)
     if result.committed:  # what the record must say, even if nothing else can be written
         journal.committed("the drop", result.dropped, rows_dropped(export_dir),
                           f"tables locked {result.lock_hold_ms:.0f} ms")
