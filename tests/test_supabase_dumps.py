@@ -8,7 +8,7 @@ import gzip
 import psycopg
 import pytest
 
-from playbook import backup_kinds, supabase_dumps
+from playbook import backup_kinds, backups, supabase_dumps
 from playbook.errors import BackupUnusable
 from restore_tables_helpers import supabase_plain_dump, supabase_trio, truncated_copy
 
@@ -115,9 +115,7 @@ def test_an_error_is_fatal_only_when_its_statement_creates_or_fills_a_chosen_tab
 
 
 def _archive(url: str, tmp_path):
-    from playbook import backups
-
-    return supabase_dumps.read_any_backup(backups.take_backup(url, tmp_path / "bk").path)
+    return backup_kinds.read_any_backup(backups.take_backup(url, tmp_path / "bk").path)
 
 
 def test_a_pg_dump_archive_restores_only_the_chosen_tables_rows(

@@ -59,7 +59,7 @@ class ProtectedTable:
     checksum: str = ""  # only when track_counts is off (see protected_tables_untouched)
 
 
-def _protected_identity(conn: psycopg.Connection, table: QualifiedName):
+def table_identity(conn: psycopg.Connection, table: QualifiedName):
     """(relations, columns, constraints, (inserted, updated, deleted)) or None if the
     table does not exist."""
     row = conn.execute(_PROTECTED_IDENTITY,
@@ -83,7 +83,7 @@ def protected_state(conn: psycopg.Connection, migration: Migration,
     Catalog look-ups and one count(*) each; full checksums only if asked."""
     state = {}
     for table in migration.protected_tables:
-        identity = _protected_identity(conn, table)
+        identity = table_identity(conn, table)
         if identity is None:
             continue
         relations, columns, constraints, _changed = identity
@@ -131,7 +131,7 @@ def protected_tables_untouched(conn: psycopg.Connection, before: dict[str, Prote
     counted = counts_changes(conn)
     for name, was in before.items():
         table = was.table
-        identity = _protected_identity(conn, table)
+        identity = table_identity(conn, table)
         if identity is None:
             checks.append(Check(f"{name} still exists", False, "missing", "present"))
             continue

@@ -44,6 +44,7 @@ from ..incidents import export_folder, run_label
 from ..runs import Run
 from ..verification import Check, checks_table, require_all_pass
 from . import table_diff
+from .protected_tables import counts_changes, table_identity
 from .table_diff import ADDED, CHANGED, DELETED, KeySink, TableDiff, TableShape
 
 MISSING, MISSING_CHANGED, REPLACE = "missing", "missing+changed", "replace"
@@ -233,10 +234,8 @@ def others_before(live: psycopg.Connection, others: Sequence[QualifiedName]) -> 
     """What :func:`others_unchanged` compares with: each table's identity (relations and
     their files, columns, constraints) from the catalog; with ``track_counts`` off, its
     rows and checksum instead (a full read)."""
-    from .drops import _protected_identity, counts_changes
-
     if counts_changes(live):
-        return {str(t): _protected_identity(live, t) for t in others}
+        return {str(t): table_identity(live, t) for t in others}
     return {str(t): table_checksum(live, t.schema, t.name) for t in others}
 
 
@@ -247,8 +246,6 @@ def others_unchanged(live: psycopg.Connection, others: Sequence[QualifiedName],
     and it is the same table (same storage, columns, constraints); the drop proves its
     protected tables the same way (drops.protected_tables_untouched). Writes committed
     meanwhile by the application to those tables are theirs, not the repair's."""
-    from .drops import _protected_identity, counts_changes
-
     checks = []
     counted = counts_changes(live)
     for table in others:
@@ -260,7 +257,7 @@ def others_unchanged(live: psycopg.Connection, others: Sequence[QualifiedName],
                                 f"{now[0]} rows, md5 {now[1][:12]}",
                                 f"{then[0]} rows, md5 {then[1][:12]}"))
             continue
-        now = _protected_identity(live, table)
+        now = table_identity(live, table)
         same = now is not None and then is not None and now[:3] == then[:3]
         inserted, updated, deleted = now[3] if now is not None else (0, 0, 0)
         untouched = same and inserted == updated == deleted == 0
