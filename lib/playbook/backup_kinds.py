@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from . import backups
 from .db.names import split_identifier
 from .errors import BackupUnusable, ConfigurationError
 from .restore_errors import COPY_FROM_STDIN, IDENTIFIER, key_or_none
+from .script_reader import GZIP_MAGIC, ScriptReader
 
 SKIPPED_DATABASES = ("template0", "template1")
 
@@ -45,7 +45,6 @@ KINDS = (KIND_PG_DUMP, KIND_SUPABASE_PLAIN, KIND_SUPABASE_TRIO)
 TRIO_FILES = ("roles.sql", "schema.sql", "data.sql")
 
 
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _open_text(path: Path):
@@ -54,20 +53,6 @@ def _open_text(path: Path):
     if gzipped:
         return gzip.open(path, "rt", encoding="utf-8", errors="strict", newline="")
     return open(path, encoding="utf-8", errors="strict", newline="")
-
-
-def script_lines(path: Path) -> Iterator[str]:
-    """The script's lines (newline kept); BackupUnusable if it cannot be read to the end."""
-    try:
-        with _open_text(path) as handle:
-            yield from handle
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as exc:
-        raise BackupUnusable(
-            f"The backup {path.name} cannot be read to the end ({type(exc).__name__}: {exc}): "
-            "it is truncated or damaged. Nothing was changed.",
-            next_step="download the backup again from the Supabase dashboard, or choose "
-            "another one.",
-        ) from None
 
 
 def _looks_like_sql_dump(path: Path) -> bool:
@@ -156,70 +141,76 @@ _STARTED = re.compile(r"^-- (?:Started|Completed) on (\d{4}-\d{2}-\d{2} \d{2}:\d
 def scan_script(path: Path) -> ScriptScan:
     """Read the whole script: roles it creates, databases it connects to, rows per table,
     tables and schemas it creates, and whether it ends as pg_dump ends a script ("dump
-    complete") or as ``supabase db dump`` does (``RESET ALL;``, comments stripped)."""
+    complete") or as ``supabase db dump`` does (``RESET ALL;``, comments stripped). COPY
+    data is counted in bulk (:mod:`script_reader`), never split into lines here."""
     scan = ScriptScan([], [], False, "", "")
     complete = False
     in_copy: str | None = None
     last_statement = ""
-    for line in script_lines(path):
-        if in_copy is not None:
-            if line.rstrip("\r\n") == "\\.":
-                in_copy = None
-            else:
-                scan.rows[in_copy] = scan.rows.get(in_copy, 0) + 1
-            continue
-        if COPY_FROM_STDIN.match(line):
-            in_copy = backups.copy_target(line)
-            scan.rows.setdefault(in_copy, 0)
-            last_statement = "COPY"
-            complete = False
-            continue
-        if line.startswith("--"):
-            if _COMPLETE.match(line):
-                complete = True
-            elif line.startswith("-- Dumped from database version") and not scan.server_version:
-                scan.server_version = line.split("version", 1)[1].strip()
-            elif line.startswith("-- Dumped by pg_dump") and not scan.tool_version:
-                scan.tool_version = line.split("version", 1)[1].strip()
-            elif scan.started_at is None and (started := _STARTED.match(line)):
-                try:
-                    scan.started_at = backups._archive_time(
-                        f"{started.group(1)} {started.group(2)}")
-                except ValueError:
-                    pass
-            continue
-        stripped = line.strip()
-        if line[:1] == "\\" or line[:1] in "CcDdAa" and (
-                ROLE_STATEMENT.match(line) or DATABASE_STATEMENT.match(line)):
-            scan.rewrites += bool(META_DROPPED.match(line) or CONNECT.match(line)
-                                  or ROLE_STATEMENT.match(line)
-                                  or DATABASE_STATEMENT.match(line))
-        if stripped and not META_DROPPED.match(line):
-            complete = False
-            last_statement = stripped
-        if (insert := _INSERT.match(line)):
-            name = key_or_none(insert.group(1))
-            if name:
-                scan.rows[name] = scan.rows.get(name, 0) + 1
-                if name not in scan.insert_columns and insert.group(2):
-                    scan.insert_columns[name] = [
-                        split_identifier(c)[0] for c in _split_columns(insert.group(2))]
-        elif (table := _CREATE_TABLE.match(line)):
-            if name := key_or_none(table.group(1)):
-                scan.created_tables.add(name)
-        elif (schema := _CREATE_SCHEMA.match(line)):
-            scan.created_schemas.add(split_identifier(schema.group(1))[0])
-        elif (extension := _CREATE_EXTENSION.match(line)):
-            scan.extensions.add(split_identifier(extension.group(1))[0])
-        role = ROLE_STATEMENT.match(line)
-        if role and line[:6].upper() == "CREATE":
-            scan.roles.append(_unquote(role.group("name")))
-        connect = CONNECT.match(line)
-        if connect:
-            scan.databases.append(connect_target(connect.group("rest")))
+    with ScriptReader(path) as reader:
+        for line in reader:
+            if COPY_FROM_STDIN.match(line):
+                target = backups.copy_target(line)
+                rows, ended = reader.copy_block()
+                scan.rows[target] = scan.rows.get(target, 0) + rows
+                in_copy = None if ended else target
+                last_statement = "COPY"
+                complete = False
+                continue
+            complete, last_statement = _scan_line(scan, line, complete, last_statement)
     scan.ends_with_reset_all = last_statement.upper() == "RESET ALL;" and in_copy is None
     scan.complete = (complete or scan.ends_with_reset_all) and in_copy is None
     return scan
+
+
+def _scan_line(scan: ScriptScan, line: str, complete: bool, last_statement: str
+               ) -> tuple[bool, str]:
+    """What one line outside COPY data tells :func:`scan_script`; returns the new
+    (complete, last statement)."""
+    if line.startswith("--"):
+        if _COMPLETE.match(line):
+            complete = True
+        elif line.startswith("-- Dumped from database version") and not scan.server_version:
+            scan.server_version = line.split("version", 1)[1].strip()
+        elif line.startswith("-- Dumped by pg_dump") and not scan.tool_version:
+            scan.tool_version = line.split("version", 1)[1].strip()
+        elif scan.started_at is None and (started := _STARTED.match(line)):
+            try:
+                scan.started_at = backups._archive_time(
+                    f"{started.group(1)} {started.group(2)}")
+            except ValueError:
+                pass
+        return complete, last_statement
+    stripped = line.strip()
+    if line[:1] == "\\" or line[:1] in "CcDdAa" and (
+            ROLE_STATEMENT.match(line) or DATABASE_STATEMENT.match(line)):
+        scan.rewrites += bool(META_DROPPED.match(line) or CONNECT.match(line)
+                              or ROLE_STATEMENT.match(line)
+                              or DATABASE_STATEMENT.match(line))
+    if stripped and not META_DROPPED.match(line):
+        complete = False
+        last_statement = stripped
+    if (insert := _INSERT.match(line)):
+        name = key_or_none(insert.group(1))
+        if name:
+            scan.rows[name] = scan.rows.get(name, 0) + 1
+            if name not in scan.insert_columns and insert.group(2):
+                scan.insert_columns[name] = [
+                    split_identifier(c)[0] for c in _split_columns(insert.group(2))]
+    elif (table := _CREATE_TABLE.match(line)):
+        if name := key_or_none(table.group(1)):
+            scan.created_tables.add(name)
+    elif (schema := _CREATE_SCHEMA.match(line)):
+        scan.created_schemas.add(split_identifier(schema.group(1))[0])
+    elif (extension := _CREATE_EXTENSION.match(line)):
+        scan.extensions.add(split_identifier(extension.group(1))[0])
+    role = ROLE_STATEMENT.match(line)
+    if role and line[:6].upper() == "CREATE":
+        scan.roles.append(_unquote(role.group("name")))
+    connect = CONNECT.match(line)
+    if connect:
+        scan.databases.append(connect_target(connect.group("rest")))
+    return complete, last_statement
 
 
 def _split_columns(text: str) -> list[str]:

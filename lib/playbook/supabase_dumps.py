@@ -50,7 +50,6 @@ from .backup_kinds import (
     connect_target,
     read_plain,
     scan_script,
-    script_lines,
 )
 from .db import connecting, localdb, scratch_servers
 from .db.names import QualifiedName, split_identifier
@@ -67,6 +66,7 @@ from .restore_errors import (
     statement_tables,
     statements_at,
 )
+from .script_reader import ScriptReader
 
 # Roles a Supabase project's grants and owners name. Missing ones are created in the
 # scratch server only, as NOLOGIN placeholders.
@@ -215,37 +215,35 @@ def prepare_script(source: Path, target: Path, keep_database: str = "") -> int:
     the sections of databases other than ``keep_database`` become blank lines. Returns
     the number of lines rewritten."""
     rewritten = 0
-    in_copy = False
     skipping = False
-    with open(target, "w", encoding="utf-8", newline="") as out:
-        for line in script_lines(source):
-            if in_copy:
-                if line.rstrip("\r\n") == "\\.":
-                    in_copy = False
-                out.write("\n" if skipping else line)
-                continue
+    with ScriptReader(source) as reader, open(target, "wb") as out:
+        def blank_lines(data: bytes) -> None:
+            out.write(b"\n" * data.count(b"\n"))
+
+        for line in reader:
             connect = CONNECT.match(line)
             if connect:
                 database = connect_target(connect.group("rest"))
                 skipping = database in SKIPPED_DATABASES or (
                     bool(keep_database) and database != keep_database)
-                out.write("-- playbook: \\connect removed (data goes to the scratch database)\n")
+                out.write(b"-- playbook: \\connect removed (data goes to the scratch database)\n")
                 rewritten += 1
                 continue
-            if COPY_FROM_STDIN.match(line):
-                in_copy = True
             if skipping:
-                out.write("\n")
+                out.write(b"\n")
                 rewritten += 1
             elif META_DROPPED.match(line) or ROLE_STATEMENT.match(line) or \
                     DATABASE_STATEMENT.match(line):
-                out.write("-- playbook: not run on the scratch server: "
-                          + line.strip()[:40].replace("PASSWORD", "...") + "\n"
-                          if "PASSWORD" not in line.upper() else
-                          "-- playbook: role statement not run (it sets a password)\n")
+                out.write(("-- playbook: not run on the scratch server: "
+                           + line.strip()[:40].replace("PASSWORD", "...") + "\n"
+                           if "PASSWORD" not in line.upper() else
+                           "-- playbook: role statement not run (it sets a password)\n"
+                           ).encode())
                 rewritten += 1
             else:
-                out.write(line)
+                out.write(line.encode())
+            if COPY_FROM_STDIN.match(line):  # its data, copied (or blanked) in bulk
+                reader.copy_block(blank_lines if skipping else out.write)
     return rewritten
 
 
