@@ -4,6 +4,7 @@ manifest; a table without a key compared whole."""
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from playbook.db.names import QualifiedName
@@ -135,3 +136,49 @@ def test_a_table_with_a_json_column_is_diffed_row_by_row(demo_db, backup_copy):
         assert not diff_blocks.applies(scratch, live, shape)  # json has no hash function
         diff = table_diff.compare_table(scratch, live, shape)
     assert (diff.changed, diff.deleted, diff.added) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("keys", ["dense", "sparse", "sparse then dense"])
+@pytest.mark.parametrize("page_order", ["as the server sends it", "reversed"])
+def test_key_ranges_and_keyset_pages_merge_right_whatever_order_rows_arrive_in(
+        demo_db, backup_copy, monkeypatch, keys, page_order):
+    """Dense keys are read as key ranges, keys too sparse for that by keyset pages; a page
+    whose rows arrive out of key order (a plan PostgreSQL is free to choose) must still
+    merge right."""
+    monkeypatch.setattr(diff_blocks, "BLOCK_ROWS", 16)
+    if page_order == "reversed":
+        for name, order in (("range_query", "id DESC"), ("page_query", "k DESC")):
+            original = getattr(diff_blocks, name)
+
+            def reversed_pages(shape, original=original, order=order):
+                text = original(shape).as_string(None)
+                assert "''::bytea)" in text
+                return sql.SQL(text.replace("''::bytea)", f"''::bytea ORDER BY {order})"))
+
+            monkeypatch.setattr(diff_blocks, name, reversed_pages)
+    ids = {"dense": list(range(1, 301)),
+           "sparse": [g * 1_000_003 for g in range(-150, 150)],
+           "sparse then dense": [g * 1_000_003 for g in range(-100, 0)] + list(range(1, 201))}[keys]
+    gap = ids.pop(150)  # a key only live will have
+    for url in (backup_copy, demo_db.url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.items (id int8 PRIMARY KEY, label text)")
+            conn.execute("INSERT INTO public.items SELECT g, 'item ' || g "
+                         "FROM unnest(%s::int8[]) g", (ids,))
+    deleted, changed = ids[::37], ids[5::41]
+    added = [min(ids) - 7, max(ids) + 7, gap]
+    with psycopg.connect(demo_db.url, autocommit=True) as live:
+        live.execute("DELETE FROM public.items WHERE id = ANY(%s)", (deleted,))
+        live.execute("UPDATE public.items SET label = 'x' WHERE id = ANY(%s)", (changed,))
+        live.execute("INSERT INTO public.items SELECT g, 'new' FROM unnest(%s::int8[]) g",
+                     (added,))
+    with psycopg.connect(backup_copy) as scratch, demo_db.connect() as live:
+        shape = table_diff.table_shape(scratch, live, QualifiedName("public", "items"))
+        sinks = {kind: [_Keys()] for kind in (table_diff.DELETED, table_diff.CHANGED,
+                                              table_diff.ADDED)}
+        diff = table_diff.compare_table(scratch, live, shape, sinks)
+    found = {kind: [k[0] for k in s[0].keys] for kind, s in sinks.items()}
+    assert found == {table_diff.DELETED: sorted(deleted),
+                     table_diff.CHANGED: sorted(set(changed) - set(deleted)),
+                     table_diff.ADDED: sorted(added)}
+    assert (diff.backup_rows, diff.live_rows) == (len(ids), len(ids) - len(deleted) + 3)

@@ -13,7 +13,8 @@ import psycopg
 from psycopg import sql
 
 from .db.names import QualifiedName
-from .exports import CHUNK, OUTPUT_SETTINGS, copy_out, progress_bar
+from .exports import CHUNK, OUTPUT_SETTINGS, copy_out
+from .progress import progress_bar, show_rows
 
 
 def csv_columns(path: Path) -> list[str]:
@@ -31,16 +32,20 @@ def import_statement(table: QualifiedName, columns: Sequence[str]) -> sql.Compos
 
 
 def import_csv(conn: psycopg.Connection, table: QualifiedName, path: Path,
-               *, show_progress: bool = False) -> int:
+               *, show_progress: bool = False, expected_rows: int | None = None) -> int:
     """COPY a CSV export (with header) back into ``table`` in the current transaction;
-    returns the rows loaded. Columns are matched by the header's names."""
+    returns the rows loaded. Columns are matched by the header's names. The progress bar
+    shows bytes sent and, from the manifest's ``expected_rows``, about how many rows."""
     copy = import_statement(table, csv_columns(path))
+    size = path.stat().st_size
     with conn.cursor() as cur, open(path, "rb") as handle, \
-            progress_bar(path.stat().st_size, str(table), show_progress) as bar:
+            progress_bar(size, str(table), show_progress) as bar:
         with cur.copy(copy) as copying:
             for block in iter(lambda: handle.read(CHUNK), b""):
                 copying.write(block)
                 bar.update(len(block))
+                if expected_rows:
+                    show_rows(bar, expected_rows * bar.n // max(size, 1), approximate=True)
         return cur.rowcount
 
 

@@ -34,6 +34,7 @@ from psycopg import sql
 
 from .db.names import QualifiedName
 from .errors import ExportFailed, ExportMismatch
+from .progress import progress_bar, show_rows
 
 MANIFEST = "manifest.json"
 INCOMPLETE = "INCOMPLETE"  # present while an export is being written
@@ -67,13 +68,6 @@ class Manifest:
         return {f.table: f for f in self.files}
 
 
-def progress_bar(total: int | None, description: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=not enabled,
-                leave=False)
-
-
 def copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, bar,
               stop: threading.Event | None = None) -> tuple[int, int, str]:
     """Run a COPY ... TO STDOUT into ``path`` (None: only hash it); returns (rows, bytes,
@@ -87,6 +81,7 @@ def copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, 
     client competes with the server for the same cores."""
     digest = hashlib.sha256()
     written = 0
+    messages = 0  # one per row
     block = bytearray()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +94,7 @@ def copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, 
                 size, row = get_copy_data(0)
                 if size > 0:
                     block += row  # copied at once, so libpq's row buffer is freed at once
+                    messages += 1
                     if len(block) < CHUNK:
                         continue
                 elif size == -2:
@@ -108,6 +104,7 @@ def copy_out(conn: psycopg.Connection, copy: sql.Composable, path: Path | None, 
                 digest.update(block)
                 written += len(block)
                 bar.update(len(block))
+                show_rows(bar, messages)
                 block.clear()
                 if size == -1:  # the end of the data: the COPY's own result follows
                     break

@@ -56,6 +56,7 @@ from .db.names import QualifiedName, split_identifier
 from .db.pgbinaries import client_program
 from .errors import BackupUnusable, PlaybookError
 from .evidence import Evidence
+from .progress import LoadProgress
 from .restore_errors import (
     COPY_FROM_STDIN,
     Chosen,
@@ -260,7 +261,8 @@ def _database_to_keep(scan: ScriptScan) -> str:
 
 
 def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, *,
-               data_only: bool = False, shown_name: str = "") -> list[RestoreError]:
+               data_only: bool = False, shown_name: str = "",
+               show_progress: bool = False) -> list[RestoreError]:
     """Run one script with psql into the scratch database; returns every error with the
     statement that failed. ``data_only`` scripts (the CLI's data.sql) run with triggers
     and foreign keys off (``session_replication_role = replica``), as pg_restore's
@@ -282,7 +284,9 @@ def run_script(scratch: Scratch, script: Path, workdir: Path, scan: ScriptScan, 
         args = ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"]
         if data_only:
             args += ["-c", "SET session_replication_role = replica"]
-        result = backups.run_tool(psql, [*args, "-f", str(prepared)], url=scratch.url)
+        with LoadProgress(lambda: scratch.connect(purpose="scratch-progress"),
+                          prepared.stat().st_size, f"restore {shown}", show_progress):
+            result = backups.run_tool(psql, [*args, "-f", str(prepared)], url=scratch.url)
         errors = parse_psql_errors(result.stderr, {str(prepared): shown})
         texts = statements_at(prepared, {e.line for e in errors})
     finally:
@@ -430,7 +434,8 @@ def archive_as_script(backup: backups.Backup, workdir: Path, rows_of: Chosen | N
 
 
 def restore_scripts(backup: backups.Backup, scratch: Scratch, workdir: Path, chosen: Chosen,
-                    scripts: list[Path], scans: list[ScriptScan]) -> ScriptRestore:
+                    scripts: list[Path], scans: list[ScriptScan], *,
+                    show_progress: bool = False) -> ScriptRestore:
     """Restore a backup's scripts into ``scratch`` through psql, then compare the rows
     the backup holds with the rows restored. Refused (BackupUnusable, with the line and
     the statement) when a chosen table is missing, short of rows, or its statement
@@ -452,7 +457,8 @@ def restore_scripts(backup: backups.Backup, scratch: Scratch, workdir: Path, cho
                 scratch.prepared += complete_tables_for_data(conn, scan)
         shown = backup.path.name if backup.kind == backups.KIND_PG_DUMP_CUSTOM else ""
         errors += run_script(scratch, script, workdir, scan, data_only=data_only,
-                             shown_name=shown + (" (as SQL)" if shown else ""))
+                             shown_name=shown + (" (as SQL)" if shown else ""),
+                             show_progress=show_progress)
     seconds = time.perf_counter() - started
     expected: dict[str, int] = {}
     for scan in scans:
@@ -556,11 +562,13 @@ def _chosen_have_children(scratch: Scratch, chosen: Chosen) -> bool:
 
 def restore_to_scratch(backup: backups.Backup, scratch_url_env: str = "", *,
                        workdir: Path | None = None, tables=(), schemas=(),
-                       rows_only_of_chosen: bool = True) -> RestoredBackup:
+                       rows_only_of_chosen: bool = True,
+                       show_progress: bool = False) -> RestoredBackup:
     """Restore ``backup`` into a new scratch database (never the target), on the best
     scratch server for the extensions it creates (:mod:`scratch_servers`). Every kind goes
-    through psql (a pg_dump archive as the script it holds). The scratch database and its
-    placeholder roles are dropped if the restore fails."""
+    through psql (a pg_dump archive as the script it holds), with a progress bar of the
+    rows and MB loaded when ``show_progress``. The scratch database and its placeholder
+    roles are dropped if the restore fails."""
     work = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
     chosen = Chosen.of(tables, schemas)
     # Only the chosen tables' rows are restored from a pg_dump archive, unless a chosen
@@ -571,14 +579,16 @@ def restore_to_scratch(backup: backups.Backup, scratch_url_env: str = "", *,
         wanted = sorted({e for scan in scans for e in scan.extensions})
         scratch = create_scratch(scratch_url_env, extensions=wanted)
         try:
-            restored = restore_scripts(backup, scratch, work, chosen, scripts, scans)
+            restored = restore_scripts(backup, scratch, work, chosen, scripts, scans,
+                                       show_progress=show_progress)
             partial = rows_only_of_chosen and backup.kind == backups.KIND_PG_DUMP_CUSTOM \
                 and _rows_left_out(scans[0])
             if partial and _chosen_have_children(scratch, chosen):
                 scratch.drop()
                 return restore_to_scratch(backup, scratch_url_env, workdir=workdir,
                                           tables=tables, schemas=schemas,
-                                          rows_only_of_chosen=False)
+                                          rows_only_of_chosen=False,
+                                          show_progress=show_progress)
         except (PlaybookError, subprocess.SubprocessError, psycopg.Error):
             scratch.drop()
             raise

@@ -343,7 +343,8 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
             for table in tables:
                 entry = manifest.by_table()[str(table)]
                 imported[str(table)] = import_csv(conn, table, folder / entry.file,
-                                                  show_progress=show_progress)
+                                                  show_progress=show_progress,
+                                                  expected_rows=entry.rows)
         except pgerrors.IntegrityError as exc:
             raise _rejected_rows(exc, "being copied") from None
     # Keys and indexes first (a unique one refuses duplicates here), then the foreign

@@ -18,7 +18,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +34,11 @@ from ..db.names import QualifiedName, parse_table_name
 from ..errors import ObjectNotFound, PreconditionFailed
 from ..evidence import Evidence, export_evidence
 from ..exports import ExportedFile, Manifest, write_manifest
+from ..progress import progress_bar, show_megabytes
 from . import diff_blocks
 
 BATCH = 5_000
+TICK_ROWS = 50_000  # rows between two progress updates of the row-by-row merge
 ITERSIZE = 20_000
 SAMPLE = 5
 DELETED, CHANGED, ADDED = "deleted", "changed", "added"
@@ -342,9 +345,11 @@ class TableDiff:
 
 def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: TableShape,
                   sinks: dict[str, list[KeySink]] | None = None,
-                  *, batch: int = BATCH) -> TableDiff:
+                  *, batch: int = BATCH, tick: Callable[[int], None] | None = None
+                  ) -> TableDiff:
     """Merge both sides by key; hand every batch of deleted/changed/added keys to
-    ``sinks``. Runs in the callers' current transactions."""
+    ``sinks``; ``tick`` gets the backup rows merged as it goes (a progress bar). Runs in
+    the callers' current transactions."""
     diff = TableDiff(shape, samples={DELETED: [], CHANGED: [], ADDED: []})
     if not shape.has_key:
         diff.backup_rows, backup_sum = table_checksum(scratch, shape.table.schema,
@@ -372,7 +377,7 @@ def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: 
 
     if diff_blocks.applies(scratch, live, shape):
         # One integer key: hashed on each server, merged in numpy blocks (diff_blocks.py).
-        diff_blocks.compare(scratch, live, shape, diff, found, added_digest)
+        diff_blocks.compare(scratch, live, shape, diff, found, added_digest, tick)
         for kind in pending:
             flush(kind)
         diff.added_digest = added_digest.hexdigest()
@@ -381,7 +386,11 @@ def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: 
     live_rows = stream_keys(live, shape, "playbook_diff_live")
     b = next(backup_rows, None)
     lv = next(live_rows, None)
+    ticked = 0
     while b is not None or lv is not None:
+        if tick is not None and diff.backup_rows - ticked >= TICK_ROWS:
+            tick(diff.backup_rows - ticked)
+            ticked = diff.backup_rows
         if lv is None or (b is not None and b[0] < lv[0]):
             diff.backup_rows += 1
             diff.deleted += 1
@@ -403,6 +412,8 @@ def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: 
                 found(CHANGED, b[0])
             b = next(backup_rows, None)
             lv = next(live_rows, None)
+    if tick is not None:
+        tick(diff.backup_rows - ticked)
     for kind in pending:
         flush(kind)
     diff.added_digest = added_digest.hexdigest()
@@ -410,6 +421,27 @@ def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: 
 
 
 # --- the review step: diff and export ---------------------------------------------------
+
+
+@contextmanager
+def rows_progress(scratch: psycopg.Connection, table: QualifiedName, rows: int | None,
+                  description: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A bar of the backup rows merged, with the megabytes of the restored table they
+    stand for (its size over its rows) and MB/s; None when not shown."""
+    if not enabled:
+        yield None
+        return
+    size = scratch.execute(
+        "SELECT pg_table_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+        "c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (table.schema, table.name)).fetchone()[0]
+    per_row = size / rows / 1e6 if rows else 0.0
+    with progress_bar(rows, description, True, unit="rows") as bar:
+        def tick(merged: int) -> None:
+            bar.update(merged)
+            if per_row:
+                show_megabytes(bar, bar.n * per_row)
+        yield tick
 
 
 @dataclass
@@ -485,11 +517,13 @@ def chosen_tables(scratch: psycopg.Connection, tables: Sequence[str],
 def diff_tables(scratch: psycopg.Connection, live: psycopg.Connection,
                 tables: Sequence[QualifiedName], folder: Path | None,
                 *, progress: Callable[[str], None] | None = None,
-                backup_taken_at: datetime | None = None) -> DiffReport:
+                backup_taken_at: datetime | None = None, show_progress: bool = False,
+                expected_rows: Mapping[str, int] | None = None) -> DiffReport:
     """Diff ``tables`` in one snapshot of each side; export to ``folder`` (with a
     manifest) when given. With ``backup_taken_at``, changed rows modified after it (by
-    the table's updated_at-like column) are counted and sampled. Read-only on both
-    sides."""
+    the table's updated_at-like column) are counted and sampled. ``show_progress``: a bar
+    per table, in rows (of ``expected_rows``, the restore's counts) and MB/s. Read-only
+    on both sides."""
     for conn in (scratch, live):
         conn.commit()  # end the caller's read-only look-ups; a snapshot starts below
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -513,8 +547,11 @@ def diff_tables(scratch: psycopg.Connection, live: psycopg.Connection,
                         and shape.modified_column and backup_taken_at is not None else None)
             watched = {**sinks, CHANGED: [*sinks.get(CHANGED, []), modified]} if modified \
                 else sinks
+            rows = (expected_rows or {}).get(str(table))
             try:
-                diff = compare_table(scratch, live, shape, watched)
+                with rows_progress(scratch, table, rows, f"diff {table}", show_progress
+                                   ) as tick:
+                    diff = compare_table(scratch, live, shape, watched, tick=tick)
             finally:
                 for group in sinks.values():
                     for sink in group:

@@ -383,9 +383,11 @@ class RepairResult:
 
 
 def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: RepairPlan,
-                   *, on_step: Callable[[str], None] | None = None) -> RepairResult:
+                   *, on_step: Callable[[str], None] | None = None,
+                   show_progress: bool = False) -> RepairResult:
     """Run ``plan`` in one transaction on ``live`` (see the module's docstring). The diff
-    is taken again under the locks: the plan only chose the strategies."""
+    is taken again under the locks: the plan only chose the strategies. ``show_progress``:
+    a bar for each of those diffs (rows and MB/s)."""
     plan.require_allowed()
     step = on_step or (lambda _name: None)
     with translated_errors():  # a session lost here is reported like one lost later
@@ -423,7 +425,10 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
                                                 _temp("changed", item.index))]
                 if item.strategy == REPLACE:
                     sinks[ADDED] = [StageKeys(live, shape, _temp("added", item.index))]
-                diff = table_diff.compare_table(scratch, live, shape, sinks)
+                with table_diff.rows_progress(scratch, shape.table, item.diff.backup_rows,
+                                              f"diff {shape.table} under lock",
+                                              show_progress) as tick:
+                    diff = table_diff.compare_table(scratch, live, shape, sinks, tick=tick)
             refused = refusals(diff, item.strategy, plan.allowed)
             if refused:  # rows were added between the review and now
                 raise PreconditionFailed(
@@ -454,7 +459,9 @@ def execute_repair(scratch: psycopg.Connection, live: psycopg.Connection, plan: 
                  for s in catalog.advance_sequences(live, p.diff.table) if s.moved]
         for item in plan.tables:
             shape = item.diff.shape
-            after = table_diff.compare_table(scratch, live, shape)
+            with table_diff.rows_progress(scratch, shape.table, item.diff.backup_rows,
+                                          f"check {shape.table}", show_progress) as tick:
+                after = table_diff.compare_table(scratch, live, shape, tick=tick)
             checks += after_checks(before[str(shape.table)], after, item.strategy)
         checks += others_unchanged(live, others, before_others)
         step("verified")

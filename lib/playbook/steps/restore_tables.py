@@ -76,7 +76,8 @@ def restore_backup(run: Run, backup_file: str, backup_kind: str = "auto",
             "the folder of roles.sql/schema.sql/data.sql.")
     backup = backup_kinds.read_any_backup(Path(backup_file), backup_kind)
     restored = supabase_dumps.restore_to_scratch(backup, scratch_url_env, workdir=workdir,
-                                                 tables=tables, schemas=schemas)
+                                                 tables=tables, schemas=schemas,
+                                                 show_progress=True)
     if not keep_scratch:
         atexit.register(_drop_quietly, restored.scratch)
     return ScratchCopy(restored, keep_scratch)
@@ -103,7 +104,8 @@ def diff_tables(run: Run, copy: ScratchCopy, tables: Sequence[str], schemas: Seq
     with copy.connect() as scratch, run.connect(read_only=True) as live:
         chosen = table_diff.chosen_tables(scratch, tables, schemas)
         return table_diff.diff_tables(scratch, live, chosen, folder,
-                                      backup_taken_at=copy.restored.backup.taken_at)
+                                      backup_taken_at=copy.restored.backup.taken_at,
+                                      show_progress=True, expected_rows=copy.restored.counts)
 
 
 # --- 3. the repair, as it will run ----------------------------------------------------------
@@ -170,7 +172,7 @@ def repair(run: Run, copy: ScratchCopy, plan: RepairPlan) -> RepairResult:
     plan.require_allowed()
     run.require_open_gates()
     with copy.connect() as scratch, run.connect(purpose="31_restore_tables") as live:
-        result = execute_repair(scratch, live, plan)
+        result = execute_repair(scratch, live, plan, show_progress=True)
     changed = {t: c for t, c in result.written.items() if any(c.values())}
     journal.committed("the repair", list(changed), {t: sum(c.values()) for t, c in changed.items()},
                       "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in c.items() if n)
@@ -193,7 +195,8 @@ def verify(run: Run, copy: ScratchCopy, report: table_diff.DiffReport, plan: Rep
     with copy.connect() as scratch, run.connect(read_only=True) as live:
         checks += application_checks(live, tables=list(checks_tables))
         tables = [d.table for d in report.diffs]
-        now = table_diff.diff_tables(scratch, live, tables, None)
+        now = table_diff.diff_tables(scratch, live, tables, None, show_progress=True,
+                                     expected_rows=copy.restored.counts)
         for diff in now.diffs:
             chosen = next(p for p in plan.tables if str(p.diff.table) == str(diff.table))
             if not run.executing:
