@@ -52,6 +52,7 @@ class LoadProgress:
     def __init__(self, connect: Callable[[], psycopg.Connection], total_bytes: int | None,
                  description: str, enabled: bool) -> None:
         self._connect = connect
+        self._description = description
         self._bar = progress_bar(total_bytes, description, enabled)
         self._enabled = enabled
         self._stop = threading.Event()
@@ -78,7 +79,8 @@ class LoadProgress:
                         before = self._seen.get(table, (0, 0))
                         self._seen[table] = (max(before[0], done or 0),
                                              max(before[1], rows or 0))
-                        self._bar.set_description_str(table, refresh=False)
+                        self._bar.set_description_str(f"{self._description}: {table}",
+                                                      refresh=False)
                     self.show()
         except Exception:  # noqa: BLE001 - the load goes on without its bar
             return

@@ -24,6 +24,7 @@ from .db import connecting, localdb
 from .db.names import QualifiedName
 from .errors import BackupUnusable, PlaybookError
 from .evidence import Evidence
+from .progress import LoadProgress
 
 
 @dataclass
@@ -116,7 +117,7 @@ def table_privileges(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
 
 
 def test_restore(backup: Backup, scratch_url: str, *, jobs: int = 2, keep: bool = False,
-                 name: str = "") -> TestRestore:
+                 name: str = "", show_progress: bool = False) -> TestRestore:
     """Restore ``backup`` into a new scratch database on ``scratch_url``'s server, count
     every table, compare with the archive's own counts; drop the scratch database unless
     ``keep``. Never touches any other database."""
@@ -128,9 +129,12 @@ def test_restore(backup: Backup, scratch_url: str, *, jobs: int = 2, keep: bool 
     scratch_url_db = localdb.create_database(scratch_url, scratch, template="template0")
     try:
         started = time.perf_counter()
-        result = run_tool(pg_restore, ["--no-password", f"--jobs={max(1, jobs)}",
-                                       "--exit-on-error", f"--dbname={scratch}",
-                                       str(backup.path)], url=scratch_url_db)
+        with LoadProgress(lambda: connecting.connect(url=scratch_url_db,
+                                                     purpose="test-restore-progress"),
+                          None, f"test restore {backup.path.name}", show_progress):
+            result = run_tool(pg_restore, ["--no-password", f"--jobs={max(1, jobs)}",
+                                           "--exit-on-error", f"--dbname={scratch}",
+                                           str(backup.path)], url=scratch_url_db)
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise BackupUnusable(
@@ -155,10 +159,11 @@ def test_restore(backup: Backup, scratch_url: str, *, jobs: int = 2, keep: bool 
     return TestRestore(backup, scratch, seconds, counts, expected, keep, privileges)
 
 
-def prove_restorable(backup: Backup, scratch_url: str, *, jobs: int = 2) -> TestRestore:
+def prove_restorable(backup: Backup, scratch_url: str, *, jobs: int = 2,
+                     show_progress: bool = False) -> TestRestore:
     """:func:`test_restore`, refused (BackupUnusable) unless every count equals the
     archive's."""
-    restored = test_restore(backup, scratch_url, jobs=jobs)
+    restored = test_restore(backup, scratch_url, jobs=jobs, show_progress=show_progress)
     if not restored.passed:
         raise BackupUnusable(
             f"The test restore of {backup.path.name} does not match the archive: "

@@ -217,7 +217,7 @@ def main() -> list[str]:
         folder = OUT / "export"
         exp_ours, exp_psql = _export(url, major, folder)
         archive = OUT / "coaching_tables.dump"  # the export step's own pg_dump -Fc archive
-        exports.dump_archive(url, TABLES, archive, server_major=major)
+        backups.dump_archive(url, TABLES, archive, server_major=major)
         rec = _recovery(url, major, folder, archive)
         surg = _surgical(url, admin, major)
     rows = []

@@ -40,6 +40,7 @@ from ..errors import ConfigurationError, ExportMismatch, PreconditionFailed, Ver
 from ..evidence import NOT_DONE, Evidence
 from ..exports import Manifest, export_tables, require_sound_export
 from ..incidents import run_label
+from ..progress import LoadProgress
 from ..scratch_restore import TestRestore
 from ..verification import Check, orphaned_profiles, require_all_pass
 
@@ -333,7 +334,8 @@ def _admin(url: str, database: str, **kwargs: object) -> psycopg.Connection:
         **kwargs)  # type: ignore[arg-type]
 
 
-def restore_database(plan: RestorePlan, *, execute: bool) -> RestoreResult:
+def restore_database(plan: RestorePlan, *, execute: bool,
+                     show_progress: bool = False) -> RestoreResult:
     """Run the plan (``execute``) or only return it (review). The playbook's lock is
     held, on the maintenance database, from the first step to the last, so two
     operators cannot restore the same database at once."""
@@ -350,7 +352,8 @@ def restore_database(plan: RestorePlan, *, execute: bool) -> RestoreResult:
         try:
             for step in plan.steps:
                 if step.on == "tool":
-                    result.restore_seconds += _run_pg_restore(plan, step, result)
+                    result.restore_seconds += _run_pg_restore(plan, step, result,
+                                                              show_progress)
                     if plan.strategy == "swap":
                         _verify_new_database(plan)
                     continue
@@ -375,11 +378,14 @@ def restore_database(plan: RestorePlan, *, execute: bool) -> RestoreResult:
     return result
 
 
-def _run_pg_restore(plan: RestorePlan, step: Step, result: RestoreResult) -> float:
-    url = localdb.database_url_for(
-        plan.url, plan.new_database if plan.strategy == "swap" else plan.database)
+def _run_pg_restore(plan: RestorePlan, step: Step, result: RestoreResult,
+                    show_progress: bool = False) -> float:
+    database = plan.new_database if plan.strategy == "swap" else plan.database
+    url = localdb.database_url_for(plan.url, database)
     started = time.perf_counter()
-    done = backups.run_tool(Path(step.command[0]), step.command[1:], url=url)
+    with LoadProgress(lambda: _admin(plan.url, database), None, f"pg_restore {database}",
+                      show_progress):
+        done = backups.run_tool(Path(step.command[0]), step.command[1:], url=url)
     seconds = time.perf_counter() - started
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     result.log.append(f"pg_restore finished in {seconds:.1f}s with {len(errors)} errors")

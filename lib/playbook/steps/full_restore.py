@@ -57,7 +57,7 @@ def prove_restorable(run: Run, backup: Backup, *, enabled: bool, scratch_url_env
     if not flags.flag(enabled, "test_restore"):
         return None
     server = scratch_restore.scratch_server_url(scratch_url_env, run.url())
-    return scratch_restore.prove_restorable(backup, server, jobs=jobs)
+    return scratch_restore.prove_restorable(backup, server, jobs=jobs, show_progress=True)
 
 
 # --- 2. prepare for restore ----------------------------------------------------------------
@@ -167,7 +167,7 @@ def restore_from_backup(run: Run, plan: restore.RestorePlan,
         return restore.RestoreResult(plan, executed=False)
     if run.executing:
         run.require_open_gates()
-    return restore.restore_database(plan, execute=run.executing)
+    return restore.restore_database(plan, execute=run.executing, show_progress=True)
 
 
 # --- 4. verify restore ---------------------------------------------------------------------
