@@ -4,8 +4,8 @@ manifest; a table without a key compared whole."""
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
 import pytest
+from psycopg import sql
 
 from playbook.db.names import QualifiedName
 from playbook.errors import ConfigurationError, ObjectNotFound

@@ -33,7 +33,7 @@ import bench_coaching
 import psycopg
 from bench_coaching import TABLES, LoginProbe, _psql, loaded_database
 
-from playbook import backups, exports, supabase_dumps
+from playbook import backups, supabase_dumps
 from playbook.changesets.migration import load_migration
 from playbook.db import localdb
 from playbook.db.names import QualifiedName
