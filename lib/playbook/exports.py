@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from . import value_digest
 from .db.names import QualifiedName
 from .errors import ExportFailed, ExportMismatch
 from .progress import progress_bar, show_rows
@@ -54,6 +55,7 @@ class ExportedFile:
     rows: int
     bytes: int
     sha256: str
+    value_digest: str = ""  # the rows as values, digested on the server (value_digest.py)
 
 
 @dataclass
@@ -234,7 +236,8 @@ def _list_files(manifest: Manifest, work: list, results: dict) -> None:
     for index, table, _copy, file in work:
         rows, size, digest = results[index]
         manifest.files.append(
-            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
+            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest,
+                         results.get(("digest", index), "")))
 
 
 def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], folder: Path,
@@ -270,9 +273,11 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                         conn.execute("SELECT set_config('statement_timeout', '0', true)")
                         manifest.extra.setdefault("session", session_settings(conn))
                         _rows_in_physical_order(conn)
+                        digests = [] if where else value_digest.export_tasks(conn, tables)
                         helpers = _snapshot_sessions(conn, extra_sessions)
                         try:
-                            results = _run_exports(conn, helpers, work, folder, show_progress)
+                            results = _run_exports(conn, helpers, work + digests, folder,
+                                                   show_progress)
                         finally:
                             for helper in helpers:
                                 helper.close()
@@ -311,6 +316,7 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
     manifest.extra["session"] = session_settings(conn)
     _rows_in_physical_order(conn)
     work = _work(tables, None)
+    digests = value_digest.export_tasks(conn, tables)
     with writing_into(folder):
         try:
             helpers = _snapshot_sessions(conn, min(jobs, len(work)) - 1, lock_timeout)
@@ -322,7 +328,7 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
                 next_step="run the drop against the primary, not a standby or a pooler.",
             ) from None
         try:
-            results = _run_exports(conn, helpers, work, folder, show_progress)
+            results = _run_exports(conn, helpers, work + digests, folder, show_progress)
         finally:
             for helper in helpers:
                 helper.close()
@@ -417,22 +423,33 @@ def writing_into(folder: Path):
         ) from cause
 
 
+def _run_one(session: psycopg.Connection, item: tuple, folder: Path, bars: dict,
+             results: dict, stop: threading.Event | None = None) -> None:
+    index, _table, statement, file = item
+    if file is None:  # a table's value digest (value_digest.py), after the files
+        results[("digest", index)] = value_digest.run(session, statement)
+    else:
+        results[index] = copy_out(session, statement, folder / file, bars[index], stop)
+
+
 def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], work: list,
-                 folder: Path, show_progress: bool) -> dict[int, tuple[int, int, str]]:
+                 folder: Path, show_progress: bool) -> dict:
     """Each (index, table, COPY, file) of ``work`` exported on whichever session is free,
-    the largest table first; the first failure stops the others and is raised."""
-    bars = {index: progress_bar(None, str(table), show_progress) for index, table, _c, _f in work}
-    results: dict[int, tuple[int, int, str]] = {}
+    the largest table first, then each (index, table, digest query, None); the first
+    failure stops the others and is raised. Results by index (and ("digest", index))."""
+    bars = {index: progress_bar(None, str(table), show_progress)
+            for index, table, _c, file in work if file is not None}
+    results: dict = {}
     try:
         if not helpers:
-            for index, _table, copy, file in work:
-                results[index] = copy_out(conn, copy, folder / file, bars[index])
+            for item in work:
+                _run_one(conn, item, folder, bars, results)
             return results
         sizes = dict(conn.execute(
             "SELECT t.i, pg_relation_size(t.name::regclass) FROM unnest(%s::int[], %s::text[]) "
             "AS t(i, name)", ([w[0] for w in work],
                               [w[1].identifier.as_string(conn) for w in work])).fetchall())
-        queue = sorted(work, key=lambda w: -sizes.get(w[0], 0))
+        queue = sorted(work, key=lambda w: (w[3] is None, -sizes.get(w[0], 0)))
         lock, stop, failures = threading.Lock(), threading.Event(), []
 
         def export_on(session: psycopg.Connection) -> None:
@@ -440,9 +457,9 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                 with lock:
                     if not queue:
                         return
-                    index, _table, copy, file = queue.pop(0)
+                    item = queue.pop(0)
                 try:
-                    results[index] = copy_out(session, copy, folder / file, bars[index], stop)
+                    _run_one(session, item, folder, bars, results, stop)
                 except _Stopped:
                     return
                 except BaseException as exc:  # noqa: BLE001 - raised again below
