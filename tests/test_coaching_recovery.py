@@ -419,16 +419,17 @@ def test_a_session_already_in_replica_mode_still_checks_the_foreign_keys(
 # --- the proof: the rows' values digested on the server, against the export's digest ----
 
 
-def test_the_export_records_a_digest_of_each_tables_values_that_the_suite_can_recompute(
+def test_the_drops_final_export_records_a_digest_the_suite_can_recompute(
         demo_db, coaching, tmp_path):
     folder = tmp_path / "export"
     steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                         show_progress=False)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    step_one = json.loads((folder / "manifest.json").read_text())
+    assert {e["value_digest"] for e in step_one["files"]} == {""}  # step 1 stays lean
     ours = {}
-    with demo_db.connect() as conn:  # the suite's own SQL, over the columns the file holds
+    with demo_db.connect() as conn:  # the suite's own SQL, over the columns the files hold
         for schema, name in COACHING:
-            entry = next(e for e in manifest["files"] if e["table"] == f"{schema}.{name}")
+            entry = next(e for e in step_one["files"] if e["table"] == f"{schema}.{name}")
             with open(folder / entry["file"], encoding="utf-8") as handle:
                 header = handle.readline().strip().split(",")
             row = sql.SQL(", ").join(sql.Identifier(c) for c in header)
@@ -438,7 +439,10 @@ def test_the_export_records_a_digest_of_each_tables_values_that_the_suite_can_re
                 row, sql.Identifier(schema), sql.Identifier(name))).fetchone()
             ours[entry["table"]] = f"hre1:{count}:{high or 0}:{low or 0}"
             assert count == entry["rows"] > 0
-    assert {e["table"]: e["value_digest"] for e in manifest["files"]} == ours
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, folder).committed
+    final = json.loads((folder / "manifest.json").read_text())
+    assert {e["table"]: e["value_digest"] for e in final["files"]} == ours
 
 
 def test_a_table_that_does_not_hold_the_exported_values_fails_the_server_side_proof(

@@ -244,7 +244,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                   *, purpose: str, show_progress: bool = True,
                   where: dict[str, sql.Composable] | None = None,
                   extra: dict | None = None, jobs: int = EXPORT_JOBS,
-                  complete: bool = True) -> Manifest:
+                  complete: bool = True, digests: bool = False) -> Manifest:
     """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
     consistent snapshot and write the manifest. The session must not be in a transaction.
 
@@ -252,7 +252,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
     first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
     in the order of ``tables`` whatever order they were written in. The folder stays
     marked INCOMPLETE until the end (``complete=False``: until the caller, who adds
-    more to it, calls :func:`mark_complete`)."""
+    more to it, calls :func:`mark_complete`). ``digests``: tables' value digests too."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     work = _work(tables, where)
@@ -273,10 +273,11 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                         conn.execute("SELECT set_config('statement_timeout', '0', true)")
                         manifest.extra.setdefault("session", session_settings(conn))
                         _rows_in_physical_order(conn)
-                        digests = [] if where else value_digest.export_tasks(conn, tables)
+                        tasks = (value_digest.export_tasks(conn, tables)
+                                 if digests and not where else [])
                         helpers = _snapshot_sessions(conn, extra_sessions)
                         try:
-                            results = _run_exports(conn, helpers, work + digests, folder,
+                            results = _run_exports(conn, helpers, work + tasks, folder,
                                                    show_progress)
                         finally:
                             for helper in helpers:
@@ -309,8 +310,9 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
     drop's): the snapshot exported here (``pg_export_snapshot()``, taken after the lock
     was granted) then shows every write committed to them, and helper sessions on that
     snapshot write the files side by side; ``conn`` itself exports too (under the lock
-    each of its statements sees the same rows). A snapshot that cannot be shared is an
-    error: the caller's transaction is aborted and must roll back."""
+    each of its statements sees the same rows), then each table's value digest (what a
+    recovery proves itself with). A snapshot that cannot be shared is an error: the
+    caller's transaction is aborted and must roll back."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     manifest.extra["session"] = session_settings(conn)
@@ -428,15 +430,15 @@ def _run_one(session: psycopg.Connection, item: tuple, folder: Path, bars: dict,
     index, _table, statement, file = item
     if file is None:  # a table's value digest (value_digest.py), after the files
         results[("digest", index)] = value_digest.run(session, statement)
-    else:
-        results[index] = copy_out(session, statement, folder / file, bars[index], stop)
+        return
+    results[index] = copy_out(session, statement, folder / file, bars[index], stop)
 
 
 def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], work: list,
                  folder: Path, show_progress: bool) -> dict:
     """Each (index, table, COPY, file) of ``work`` exported on whichever session is free,
-    the largest table first, then each (index, table, digest query, None); the first
-    failure stops the others and is raised. Results by index (and ("digest", index))."""
+    largest first, then each (index, table, digest query, None); the first failure stops
+    the others and is raised. Results by index (and ("digest", index))."""
     bars = {index: progress_bar(None, str(table), show_progress)
             for index, table, _c, file in work if file is not None}
     results: dict = {}
@@ -497,9 +499,12 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
-    path = folder / MANIFEST
+    """Whole or not at all (written aside, fsynced, renamed over): never half written."""
+    path, partial = folder / MANIFEST, folder / f".{MANIFEST}.partial"
     with writing_into(folder):
-        path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        partial.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        fsync_path(partial)
+        os.replace(partial, path)
     return path
 
 
@@ -593,6 +598,3 @@ def session_settings(conn: psycopg.Connection) -> dict[str, str]:
     return {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
             for name in OUTPUT_SETTINGS}
 
-
-# libpq keywords and the environment variables that carry them, so that a client program
-# gets the whole connection (password included) through its environment, never argv.

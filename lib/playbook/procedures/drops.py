@@ -333,7 +333,12 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
     changed = sorted(t for t in after if before.get(t) != after[t])
     if not changed and before.keys() == after.keys() == set(map(str, tables)):
         # The bytes the server sent under the lock hash to step 1's SHA-256, and step 1's
-        # files were checked against theirs before the lock: step 1's export stays.
+        # files were checked against theirs before the lock: step 1's export stays, with
+        # the value digests taken under the lock (of those very rows) for the recovery.
+        digests = {f.table: f.value_digest for f in manifest.files}
+        for entry in preliminary.files:
+            entry.value_digest = digests.get(entry.table, "")
+        write_manifest(export_dir, preliminary)
         shutil.rmtree(staging)
         return FinalExport(preliminary, True, [Check(
             "step 1's export holds every committed write (the final export, taken under "
