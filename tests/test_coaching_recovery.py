@@ -419,13 +419,12 @@ def test_a_session_already_in_replica_mode_still_checks_the_foreign_keys(
 # --- the proof: the rows' values digested on the server, against the export's digest ----
 
 
-def test_the_drops_final_export_records_a_digest_the_suite_can_recompute(
+def test_the_export_records_a_digest_of_the_values_that_the_suite_can_recompute(
         demo_db, coaching, tmp_path):
     folder = tmp_path / "export"
     steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
                         show_progress=False)
     step_one = json.loads((folder / "manifest.json").read_text())
-    assert {e["value_digest"] for e in step_one["files"]} == {""}  # step 1 stays lean
     ours = {}
     with demo_db.connect() as conn:  # the suite's own SQL, over the columns the files hold
         for schema, name in COACHING:
@@ -439,7 +438,8 @@ def test_the_drops_final_export_records_a_digest_the_suite_can_recompute(
                 row, sql.Identifier(schema), sql.Identifier(name))).fetchone()
             ours[entry["table"]] = f"hre1:{count}:{high or 0}:{low or 0}"
             assert count == entry["rows"] > 0
-    with demo_db.connect() as conn:
+    assert {e["table"]: e["value_digest"] for e in step_one["files"]} == ours
+    with demo_db.connect() as conn:  # nothing written since: step 1's export stays
         assert drops.perform_drop(conn, coaching, folder).committed
     final = json.loads((folder / "manifest.json").read_text())
     assert {e["table"]: e["value_digest"] for e in final["files"]} == ours
@@ -478,4 +478,34 @@ def test_an_export_without_a_digest_is_proven_by_its_csv_sha256_as_before(
     assert result.committed
     assert sum("SHA-256 equals the export's" in c.name for c in result.checks) == 3
     assert not any("digest" in c.name for c in result.checks)
+    assert _checksums(demo_db) == before
+
+
+def test_after_writes_since_step_one_only_the_unchanged_tables_keep_their_digests(
+        demo_db, coaching, tmp_path):
+    """No digest is computed under the drop's write lock (it would hold writers up): a
+    table written since step 1 is proven by its CSV's SHA-256, the others by step 1's
+    digest of the very same rows."""
+    folder = tmp_path / "export"
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+                        show_progress=False)
+    step_one = {e["table"]: e for e in json.loads((folder / "manifest.json").read_text())["files"]}
+    with demo_db.connect() as conn:
+        conn.execute("UPDATE public.sponsor_visible_memos SET memo = memo || ' (edited)' "
+                     "WHERE id = (SELECT min(id) FROM public.sponsor_visible_memos)")
+        conn.commit()
+    before = _checksums(demo_db)
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, folder).committed
+    final = {e["table"]: e for e in json.loads((folder / "manifest.json").read_text())["files"]}
+    assert final["public.sponsor_visible_memos"]["value_digest"] == ""
+    for table in ("public.sponsor_connections", "public.sponsor_chat_messages"):
+        assert final[table]["sha256"] == step_one[table]["sha256"]
+        assert final[table]["value_digest"] == step_one[table]["value_digest"] != ""
+    with demo_db.connect() as conn:
+        result = recovery.perform_recovery(conn, coaching, folder)
+    assert result.committed
+    names = [c.name for c in result.checks]
+    assert "public.sponsor_visible_memos SHA-256 equals the export's" in names
+    assert sum("server-side digest" in n for n in names) == 2
     assert _checksums(demo_db) == before

@@ -302,7 +302,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
 def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedName],
                           folder: Path, *, purpose: str, lock_timeout: str,
                           extra: dict | None = None, jobs: int = EXPORT_JOBS,
-                          show_progress: bool = False) -> Manifest:
+                          show_progress: bool = False, digests: bool = False) -> Manifest:
     """Export ``tables`` from ``conn``'s open top-level transaction, as it sees them now,
     into ``folder`` (marked INCOMPLETE until the caller's :func:`mark_complete`).
 
@@ -310,15 +310,15 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
     drop's): the snapshot exported here (``pg_export_snapshot()``, taken after the lock
     was granted) then shows every write committed to them, and helper sessions on that
     snapshot write the files side by side; ``conn`` itself exports too (under the lock
-    each of its statements sees the same rows), then each table's value digest (what a
-    recovery proves itself with). A snapshot that cannot be shared is an error: the
-    caller's transaction is aborted and must roll back."""
+    each of its statements sees the same rows); ``digests``: tables' value digests too.
+    A snapshot that cannot be shared is an error: the caller's transaction is aborted
+    and must roll back."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     manifest.extra["session"] = session_settings(conn)
     _rows_in_physical_order(conn)
     work = _work(tables, None)
-    digests = value_digest.export_tasks(conn, tables)
+    tasks = value_digest.export_tasks(conn, tables) if digests else []
     with writing_into(folder):
         try:
             helpers = _snapshot_sessions(conn, min(jobs, len(work)) - 1, lock_timeout)
@@ -330,7 +330,7 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
                 next_step="run the drop against the primary, not a standby or a pooler.",
             ) from None
         try:
-            results = _run_exports(conn, helpers, work + digests, folder, show_progress)
+            results = _run_exports(conn, helpers, work + tasks, folder, show_progress)
         finally:
             for helper in helpers:
                 helper.close()
