@@ -32,7 +32,6 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import value_digest
 from .db.names import QualifiedName
 from .errors import ExportFailed, ExportMismatch
 from .progress import progress_bar, show_rows
@@ -55,7 +54,6 @@ class ExportedFile:
     rows: int
     bytes: int
     sha256: str
-    value_digest: str = ""  # the rows as values, digested on the server (value_digest.py)
 
 
 @dataclass
@@ -236,15 +234,14 @@ def _list_files(manifest: Manifest, work: list, results: dict) -> None:
     for index, table, _copy, file in work:
         rows, size, digest = results[index]
         manifest.files.append(
-            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest,
-                         results.get(("digest", index), "")))
+            ExportedFile(str(table), table.schema, table.name, file, rows, size, digest))
 
 
 def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], folder: Path,
                   *, purpose: str, show_progress: bool = True,
                   where: dict[str, sql.Composable] | None = None,
                   extra: dict | None = None, jobs: int = EXPORT_JOBS,
-                  complete: bool = True, digests: bool = False) -> Manifest:
+                  complete: bool = True) -> Manifest:
     """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
     consistent snapshot and write the manifest. The session must not be in a transaction.
 
@@ -252,7 +249,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
     first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
     in the order of ``tables`` whatever order they were written in. The folder stays
     marked INCOMPLETE until the end (``complete=False``: until the caller, who adds
-    more to it, calls :func:`mark_complete`). ``digests``: tables' value digests too."""
+    more to it, calls :func:`mark_complete`)."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     work = _work(tables, where)
@@ -273,12 +270,9 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                         conn.execute("SELECT set_config('statement_timeout', '0', true)")
                         manifest.extra.setdefault("session", session_settings(conn))
                         _rows_in_physical_order(conn)
-                        tasks = (value_digest.export_tasks(conn, tables)
-                                 if digests and not where else [])
                         helpers = _snapshot_sessions(conn, extra_sessions)
                         try:
-                            results = _run_exports(conn, helpers, work + tasks, folder,
-                                                   show_progress)
+                            results = _run_exports(conn, helpers, work, folder, show_progress)
                         finally:
                             for helper in helpers:
                                 helper.close()
@@ -302,7 +296,7 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
 def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedName],
                           folder: Path, *, purpose: str, lock_timeout: str,
                           extra: dict | None = None, jobs: int = EXPORT_JOBS,
-                          show_progress: bool = False, digests: bool = False) -> Manifest:
+                          show_progress: bool = False) -> Manifest:
     """Export ``tables`` from ``conn``'s open top-level transaction, as it sees them now,
     into ``folder`` (marked INCOMPLETE until the caller's :func:`mark_complete`).
 
@@ -310,15 +304,13 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
     drop's): the snapshot exported here (``pg_export_snapshot()``, taken after the lock
     was granted) then shows every write committed to them, and helper sessions on that
     snapshot write the files side by side; ``conn`` itself exports too (under the lock
-    each of its statements sees the same rows); ``digests``: tables' value digests too.
-    A snapshot that cannot be shared is an error: the caller's transaction is aborted
-    and must roll back."""
+    each of its statements sees the same rows). A snapshot that cannot be shared is an
+    error: the caller's transaction is aborted and must roll back."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     manifest.extra["session"] = session_settings(conn)
     _rows_in_physical_order(conn)
     work = _work(tables, None)
-    tasks = value_digest.export_tasks(conn, tables) if digests else []
     with writing_into(folder):
         try:
             helpers = _snapshot_sessions(conn, min(jobs, len(work)) - 1, lock_timeout)
@@ -330,7 +322,7 @@ def export_in_transaction(conn: psycopg.Connection, tables: Sequence[QualifiedNa
                 next_step="run the drop against the primary, not a standby or a pooler.",
             ) from None
         try:
-            results = _run_exports(conn, helpers, work + tasks, folder, show_progress)
+            results = _run_exports(conn, helpers, work, folder, show_progress)
         finally:
             for helper in helpers:
                 helper.close()
@@ -425,33 +417,22 @@ def writing_into(folder: Path):
         ) from cause
 
 
-def _run_one(session: psycopg.Connection, item: tuple, folder: Path, bars: dict,
-             results: dict, stop: threading.Event | None = None) -> None:
-    index, _table, statement, file = item
-    if file is None:  # a table's value digest (value_digest.py), after the files
-        results[("digest", index)] = value_digest.run(session, statement)
-        return
-    results[index] = copy_out(session, statement, folder / file, bars[index], stop)
-
-
 def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], work: list,
-                 folder: Path, show_progress: bool) -> dict:
+                 folder: Path, show_progress: bool) -> dict[int, tuple[int, int, str]]:
     """Each (index, table, COPY, file) of ``work`` exported on whichever session is free,
-    largest first, then each (index, table, digest query, None); the first failure stops
-    the others and is raised. Results by index (and ("digest", index))."""
-    bars = {index: progress_bar(None, str(table), show_progress)
-            for index, table, _c, file in work if file is not None}
-    results: dict = {}
+    the largest table first; the first failure stops the others and is raised."""
+    bars = {index: progress_bar(None, str(table), show_progress) for index, table, _c, _f in work}
+    results: dict[int, tuple[int, int, str]] = {}
     try:
         if not helpers:
-            for item in work:
-                _run_one(conn, item, folder, bars, results)
+            for index, _table, copy, file in work:
+                results[index] = copy_out(conn, copy, folder / file, bars[index])
             return results
         sizes = dict(conn.execute(
             "SELECT t.i, pg_relation_size(t.name::regclass) FROM unnest(%s::int[], %s::text[]) "
             "AS t(i, name)", ([w[0] for w in work],
                               [w[1].identifier.as_string(conn) for w in work])).fetchall())
-        queue = sorted(work, key=lambda w: (w[3] is None, -sizes.get(w[0], 0)))
+        queue = sorted(work, key=lambda w: -sizes.get(w[0], 0))
         lock, stop, failures = threading.Lock(), threading.Event(), []
 
         def export_on(session: psycopg.Connection) -> None:
@@ -459,9 +440,9 @@ def _run_exports(conn: psycopg.Connection, helpers: list[psycopg.Connection], wo
                 with lock:
                     if not queue:
                         return
-                    item = queue.pop(0)
+                    index, _table, copy, file = queue.pop(0)
                 try:
-                    _run_one(session, item, folder, bars, results, stop)
+                    results[index] = copy_out(session, copy, folder / file, bars[index], stop)
                 except _Stopped:
                     return
                 except BaseException as exc:  # noqa: BLE001 - raised again below

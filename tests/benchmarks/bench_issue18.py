@@ -109,7 +109,6 @@ def _export(url: str, major: int, folder: Path) -> tuple[list[float], list[float
                 with psycopg.connect(url) as conn:
                     started = time.perf_counter()
                     export_tables(conn, TABLES, folder, purpose="bench", show_progress=False,
-                                  digests=True,  # as step 1 exports
                                   extra={"migration": migration.name,
                                          "import_order": [str(t) for t in TABLES]})
                     ours.append(time.perf_counter() - started)

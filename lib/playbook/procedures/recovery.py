@@ -26,7 +26,6 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .. import value_digest
 from ..changesets.migration import Migration
 from ..changesets.objects import find_in_database, migration_objects
 from ..csv_import import csv_columns, import_csv, table_sha256
@@ -368,29 +367,6 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
     return imported
 
 
-def proof_checks(conn: psycopg.Connection, table: QualifiedName, folder: Path,
-                 manifest: Manifest, *, show_progress: bool = False) -> list[Check]:
-    """The proof that ``table`` now holds the exported rows, in the recovery's
-    transaction: the digest of its values computed on the server, against the one the
-    export recorded (value_digest.py); an export without one, or a table whose types
-    cannot be hashed, is re-read as CSV and hashed as the export's file was."""
-    entry = manifest.by_table()[str(table)]
-    columns = csv_columns(folder / entry.file)
-    digest = (value_digest.table_digest(conn, table, columns)
-              if entry.value_digest else None)
-    if digest is not None:
-        rows = int(digest.split(":")[1])
-        return [Check(f"{table} rows equal the export's", rows == entry.rows, rows, entry.rows),
-                Check(f"{table} values equal the export's (server-side digest)",
-                      digest == entry.value_digest, digest, entry.value_digest)]
-    rows, _size, sha256 = table_sha256(
-        conn, table, columns, manifest.extra.get("session") or {},
-        show_progress=show_progress, expected_bytes=entry.bytes)
-    return [Check(f"{table} rows equal the export's", rows == entry.rows, rows, entry.rows),
-            Check(f"{table} SHA-256 equals the export's", sha256 == entry.sha256,
-                  sha256[:16], entry.sha256[:16])]
-
-
 def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Path,
                      *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
                      show_progress: bool = False) -> RecoveryResult:
@@ -423,9 +399,17 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
             for table in import_order(manifest):
                 result.sequences.update({p.sequence: p.next_value
                                          for p in advance_sequences(conn, table)})
+            settings = manifest.extra.get("session") or {}
             for table in import_order(manifest):
-                result.checks += proof_checks(conn, table, folder, manifest,
-                                              show_progress=show_progress)
+                entry = manifest.by_table()[str(table)]
+                rows, _size, digest = table_sha256(
+                    conn, table, csv_columns(folder / entry.file), settings,
+                    show_progress=show_progress, expected_bytes=entry.bytes)
+                result.checks.append(Check(f"{table} rows equal the export's",
+                                           rows == entry.rows, rows, entry.rows))
+                result.checks.append(Check(f"{table} SHA-256 equals the export's",
+                                           digest == entry.sha256, digest[:16],
+                                           entry.sha256[:16]))
             for name, next_value in result.sequences.items():
                 result.checks.append(Check(f"{name} hands out a new value next", True,
                                            f"next {next_value}", "past MAX"))

@@ -162,8 +162,7 @@ def export_data(run: Run, migration: Migration, export_dir: Path,
         # INCOMPLETE until the archive is written too (mark_complete below).
         manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
                                  f"{migration.name}", show_progress=show_progress,
-                                 extra=export_extra(migration, tables), complete=False,
-                                 digests=True)
+                                 extra=export_extra(migration, tables), complete=False)
     if archive and tables:
         manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
             f"{migration.name}.dump"), server_major=major, pg_dump=pg_dump)
