@@ -30,6 +30,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ..errors import VerificationFailed
+
 _KEY_TYPES = {"int2", "int4", "int8"}
 BLOCK_ROWS = 65_536  # rows per page fetched, and per block merged
 AHEAD = 4  # pages fetched ahead per side: bounded memory (16 bytes a row)
@@ -214,8 +216,11 @@ def _blocks(backup: _Side, current: _Side):
         upto = int(min(ends)) if ends else None
         block = (*backup.take(upto), *current.take(upto))
         if not len(block[0]) and not len(block[2]):
-            raise RuntimeError("the diff's merge made no progress: a page was not in key "
-                               "order (a playbook defect; nothing was changed)")
+            raise VerificationFailed(
+                "The diff's merge made no progress: a page of keys was not in key order "
+                "(a playbook defect). Nothing was changed.",
+                next_step="report it; compare the table by hand meanwhile, or restore it "
+                "with the full restore notebook (30_full_restore).")
         yield block
 
 
