@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,8 @@ import pytest
 from helpers import run_cli
 from playbook import backups, scratch_restore
 from playbook.db import localdb
+from playbook.db.names import QualifiedName
+from playbook.db.pgbinaries import client_program
 from playbook.errors import BackupUnusable, ToolTooOld
 
 
@@ -141,3 +144,79 @@ def test_playbook_backup_take_and_list_from_the_command_line(demo_db, project_en
     assert listed.returncode == 0 and demo_db.name in listed.stdout
     missing = run_cli("backup", "list", "--folder", str(tmp_path / "none"), env=env)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def _archived_rows(archive, table: str) -> int:
+    """Rows of ``table`` in an archive, read with pg_restore's own script output."""
+    script = subprocess.run([str(client_program("pg_restore", 16)), "--data-only",
+                             "--file=-", str(archive)], capture_output=True, text=True,
+                            check=True).stdout
+    block = script.split(f"COPY {table} ", 1)[1].split("\n\\.\n", 1)[0]
+    return len(block.splitlines()) - 1  # the COPY line itself
+
+
+def test_an_archive_of_an_exported_snapshot_misses_what_was_committed_after_it(
+        demo_db, tmp_path):
+    """Step 1's pg_dump archive shows the moment its CSV files show (pg_dump --snapshot),
+    even when the application writes while it is taken."""
+    table = QualifiedName("public", "sponsor_chat_messages")
+    with demo_db.connect() as held:
+        held.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = held.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        with demo_db.connect(autocommit=True) as writer:
+            writer.execute("DELETE FROM public.sponsor_chat_messages WHERE id <= 50")
+        seen = []
+        info = backups.dump_archive(
+            demo_db.url, [table], tmp_path / "held.dump", server_major=16,
+            snapshot=snapshot, meanwhile=lambda: seen.append(held.execute(
+                "SELECT count(*) FROM public.sponsor_chat_messages").fetchone()[0]))
+        held.rollback()
+    backups.dump_archive(demo_db.url, [table], tmp_path / "now.dump", server_major=16)
+    assert seen == [200]
+    assert _archived_rows(tmp_path / "held.dump", "public.sponsor_chat_messages") == 200
+    assert _archived_rows(tmp_path / "now.dump", "public.sponsor_chat_messages") == 150
+    assert info["bytes"] == (tmp_path / "held.dump").stat().st_size
+
+
+def _pg_dump_sessions(conn) -> int:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = 'pg_dump'").fetchone()[0]
+
+
+def test_a_failure_beside_pg_dump_stops_it_and_is_raised(demo_db, tmp_path):
+    """pg_dump waits for a table another session holds; the work beside it fails: the
+    failure comes back at once, pg_dump is gone, and the other session never let go."""
+    with demo_db.connect() as holder, demo_db.connect(autocommit=True) as watcher:
+        holder.execute("LOCK TABLE public.sponsor_chat_messages IN ACCESS EXCLUSIVE MODE")
+        released = threading.Event()
+
+        def release() -> None:  # only if pg_dump were left waiting: the test then fails
+            released.set()
+            holder.rollback()
+
+        def fail() -> None:
+            for _ in range(200):
+                if watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                   "application_name = 'pg_dump' AND wait_event_type = "
+                                   "'Lock'").fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            raise RuntimeError("the digest failed")
+
+        timer = threading.Timer(30, release)
+        timer.start()
+        try:
+            with pytest.raises(RuntimeError, match="the digest failed"):
+                backups.dump_archive(demo_db.url,
+                                     [QualifiedName("public", "sponsor_chat_messages")],
+                                     tmp_path / "a.dump", server_major=16, meanwhile=fail)
+            assert not released.is_set(), "pg_dump was waited for instead of stopped"
+            for _ in range(100):  # the killed pg_dump's session ends within moments
+                if not _pg_dump_sessions(watcher):
+                    break
+                time.sleep(0.05)
+            assert _pg_dump_sessions(watcher) == 0
+        finally:
+            timer.cancel()
+            if not released.is_set():
+                holder.rollback()

@@ -414,3 +414,99 @@ def test_a_session_already_in_replica_mode_still_checks_the_foreign_keys(
         with pytest.raises(VerificationFailed, match=r"sponsor_chat_messages_sender_id_fkey"):
             recovery.perform_recovery(conn, coaching, folder)
     assert demo_db.fingerprint() == before
+
+
+# --- the proof: the rows' values digested on the server, against the export's digest ----
+
+
+def test_the_export_records_a_digest_of_the_values_that_the_suite_can_recompute(
+        demo_db, coaching, tmp_path):
+    folder = tmp_path / "export"
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+                        show_progress=False)
+    step_one = json.loads((folder / "manifest.json").read_text())
+    ours = {}
+    with demo_db.connect() as conn:  # the suite's own SQL, over the columns the files hold
+        for schema, name in COACHING:
+            entry = next(e for e in step_one["files"] if e["table"] == f"{schema}.{name}")
+            with open(folder / entry["file"], encoding="utf-8") as handle:
+                header = handle.readline().strip().split(",")
+            row = sql.SQL(", ").join(sql.Identifier(c) for c in header)
+            count, high, low = conn.execute(sql.SQL(
+                "SELECT count(*), sum(x >> 32), sum(x & 4294967295) FROM (SELECT "
+                "hash_record_extended(ROW({}), 0) AS x FROM {}.{}) AS t").format(
+                row, sql.Identifier(schema), sql.Identifier(name))).fetchone()
+            ours[entry["table"]] = f"hre1:{count}:{high or 0}:{low or 0}"
+            assert count == entry["rows"] > 0
+    assert {e["table"]: e["value_digest"] for e in step_one["files"]} == ours
+    assert step_one["extra"]["archive"]["snapshot"] == "the CSV files'"
+    with demo_db.connect() as conn:  # nothing written since: step 1's export stays
+        assert drops.perform_drop(conn, coaching, folder).committed
+    final = json.loads((folder / "manifest.json").read_text())
+    assert {e["table"]: e["value_digest"] for e in final["files"]} == ours
+
+
+def test_a_table_that_does_not_hold_the_exported_values_fails_the_server_side_proof(
+        demo_db, coaching, rolled_back):
+    """An export edited after the fact (file, size and SHA-256 rewritten to match) loads
+    fine and keeps every constraint, but its values are not those the export digested:
+    the proof refuses and everything rolls back."""
+    folder, _ = rolled_back
+
+    def edit_read_at(lines: list[bytes]) -> list[bytes]:
+        header = lines[0].decode().rstrip("\n").split(",")
+        fields = lines[1].decode().rstrip("\n").split(",")
+        fields[header.index("body")] = '"edited after the export"'
+        return [lines[0], (",".join(fields) + "\n").encode(), *lines[2:]]
+
+    _rewrite_export_file(folder, "public.sponsor_chat_messages.csv", edit_read_at)
+    before = demo_db.fingerprint()
+    with pytest.raises(VerificationFailed, match=r"does not equal the export.*rolled back"):
+        with demo_db.connect() as conn:
+            recovery.perform_recovery(conn, coaching, folder)
+    assert demo_db.fingerprint() == before
+
+
+def test_an_export_without_a_digest_is_proven_by_its_csv_sha256_as_before(
+        demo_db, coaching, rolled_back):
+    folder, before = rolled_back
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        entry.pop("value_digest")  # an export written before digests existed
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with demo_db.connect() as conn:
+        result = recovery.perform_recovery(conn, coaching, folder)
+    assert result.committed
+    assert sum("SHA-256 equals the export's" in c.name for c in result.checks) == 3
+    assert not any("digest" in c.name for c in result.checks)
+    assert _checksums(demo_db) == before
+
+
+def test_after_writes_since_step_one_only_the_unchanged_tables_keep_their_digests(
+        demo_db, coaching, tmp_path):
+    """No digest is computed under the drop's write lock (it would hold writers up): a
+    table written since step 1 is proven by its CSV's SHA-256, the others by step 1's
+    digest of the very same rows."""
+    folder = tmp_path / "export"
+    steps20.export_data(begin_run("20_rollback_coaching_tables"), coaching, folder,
+                        show_progress=False)
+    step_one = {e["table"]: e for e in json.loads((folder / "manifest.json").read_text())["files"]}
+    with demo_db.connect() as conn:
+        conn.execute("UPDATE public.sponsor_visible_memos SET memo = memo || ' (edited)' "
+                     "WHERE id = (SELECT min(id) FROM public.sponsor_visible_memos)")
+        conn.commit()
+    before = _checksums(demo_db)
+    with demo_db.connect() as conn:
+        assert drops.perform_drop(conn, coaching, folder).committed
+    final = {e["table"]: e for e in json.loads((folder / "manifest.json").read_text())["files"]}
+    assert final["public.sponsor_visible_memos"]["value_digest"] == ""
+    for table in ("public.sponsor_connections", "public.sponsor_chat_messages"):
+        assert final[table]["sha256"] == step_one[table]["sha256"]
+        assert final[table]["value_digest"] == step_one[table]["value_digest"] != ""
+    with demo_db.connect() as conn:
+        result = recovery.perform_recovery(conn, coaching, folder)
+    assert result.committed
+    names = [c.name for c in result.checks]
+    assert "public.sponsor_visible_memos SHA-256 equals the export's" in names
+    assert sum("server-side digest" in n for n in names) == 2
+    assert _checksums(demo_db) == before

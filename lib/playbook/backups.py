@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -463,13 +464,20 @@ def copy_target(line: str) -> str:
 
 
 def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
-                 *, server_major: int, pg_dump: Path | None = None) -> dict[str, object]:
+                 *, server_major: int, pg_dump: Path | None = None,
+                 snapshot: str | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> dict[str, object]:
     """A pg_dump custom-format archive (-Fc) of ``tables`` (definitions, data, owned
     sequences) at ``path``; returns its size and SHA-256 for the manifest. The connection
     reaches pg_dump through its environment only. ``pg_dump``: the program, when the
-    caller already chose it (see :func:`pgbinaries.client_program`)."""
+    caller already chose it (see :func:`pgbinaries.client_program`). ``snapshot``: an
+    exported snapshot to dump (``pg_dump --snapshot``; its transaction must stay open
+    until this returns). ``meanwhile()`` runs while pg_dump works; if it fails, pg_dump
+    is stopped and the failure raised."""
     pg_dump = pg_dump or client_program("pg_dump", server_major)
     args = [str(pg_dump), "--format=custom", "--no-password", f"--file={path}"]
+    if snapshot:
+        args.append(f"--snapshot={snapshot}")
     for table in tables:
         # Double quotes make every character of the name literal in a pg_dump pattern.
         quoted = ".".join('"' + part.replace('"', '""') + '"'
@@ -477,12 +485,30 @@ def dump_archive(url: str, tables: Sequence[QualifiedName], path: Path,
         args.append(f"--table={quoted}")
     with writing_into(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(args, env=client_environment(url), capture_output=True,
-                            text=True, timeout=3600)
-    if result.returncode != 0:
+    # pg_dump's messages go to a file: a pipe nobody reads while meanwhile() runs could fill.
+    with tempfile.TemporaryFile("w+") as messages:
+        with subprocess.Popen(args, env=client_environment(url), stdout=subprocess.DEVNULL,
+                              stderr=messages, text=True) as process:
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+                process.wait(timeout=3600)
+            except BaseException:
+                # SIGTERM: pg_dump cancels its query on the server before it exits (a
+                # killed one would leave its session waiting there, e.g. for a lock).
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                raise
+        messages.seek(0)
+        stderr = messages.read()
+    if process.returncode != 0:
         raise ExportMismatch(
             f"pg_dump could not write the archive {path.name}: "
-            f"{redact(result.stderr.strip()[-600:], url)}. Nothing was changed.",
+            f"{redact(stderr.strip()[-600:], url)}. Nothing was changed.",
             next_step="check pg_dump's message; the CSV export is unaffected.",
         )
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +54,7 @@ class ExportedFile:
     rows: int
     bytes: int
     sha256: str
+    value_digest: str = ""  # the rows as values, digested on the server (value_digest.py)
 
 
 @dataclass
@@ -175,24 +176,31 @@ def _rows_in_physical_order(conn: psycopg.Connection) -> None:
     conn.execute("SELECT set_config('synchronize_seqscans', 'off', true)")
 
 
-def _snapshot_sessions(conn: psycopg.Connection, count: int,
-                       lock_timeout: str | None = None) -> list[psycopg.Connection]:
-    """Up to ``count`` more sessions to the same database, each in a REPEATABLE READ
-    read-only transaction on the snapshot of ``conn``'s current transaction. Returns
-    fewer (possibly none) when the server or the connection cannot offer them (no
-    connection slots left, a standby that cannot export snapshots...): the export then
-    runs on fewer sessions, never on a different snapshot. Raises _NoSnapshot, which
-    leaves ``conn``'s transaction aborted, when the snapshot cannot be exported.
-    ``lock_timeout``: how long a helper's COPY may wait for its table (while ``conn``
-    holds a lock, an application's request queued behind it would hold a helper back)."""
-    if count <= 0:
-        return []
+def _export_snapshot(conn: psycopg.Connection) -> str:
+    """The name under which other sessions (and pg_dump --snapshot) can share the
+    snapshot of ``conn``'s transaction. Raises _NoSnapshot, which leaves that transaction
+    aborted, when the server will not export it."""
     try:  # (not in a savepoint: PostgreSQL exports no snapshot from a subtransaction)
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        return conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
     except psycopg.Error:
         if conn.broken or conn.closed:
             raise  # the session is lost, not the snapshot refused: say that
         raise _NoSnapshot() from None
+
+
+def _snapshot_sessions(conn: psycopg.Connection, count: int,
+                       lock_timeout: str | None = None, snapshot: str | None = None
+                       ) -> list[psycopg.Connection]:
+    """Up to ``count`` more sessions to the same database, each in a REPEATABLE READ
+    read-only transaction on the snapshot of ``conn``'s current transaction (``snapshot``,
+    or one exported now by :func:`_export_snapshot`). Returns fewer (possibly none) when
+    the server or the connection cannot offer them (no connection slots left...): the
+    export then runs on fewer sessions, never on a different snapshot.
+    ``lock_timeout``: how long a helper's COPY may wait for its table (while ``conn``
+    holds a lock, an application's request queued behind it would hold a helper back)."""
+    if count <= 0:
+        return []
+    snapshot = snapshot or _export_snapshot(conn)
     settings = _session_settings_to_copy(conn)
     # The parameters libpq used for this session (password included) stay in memory.
     params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info
@@ -241,7 +249,9 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                   *, purpose: str, show_progress: bool = True,
                   where: dict[str, sql.Composable] | None = None,
                   extra: dict | None = None, jobs: int = EXPORT_JOBS,
-                  complete: bool = True) -> Manifest:
+                  complete: bool = True,
+                  in_snapshot: Callable[[psycopg.Connection, str | None], None] | None = None
+                  ) -> Manifest:
     """Export ``tables`` (optionally filtered by a per-table WHERE) to ``folder`` in one
     consistent snapshot and write the manifest. The session must not be in a transaction.
 
@@ -249,14 +259,15 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
     first, all in the snapshot of ``conn``'s transaction; the manifest lists the files
     in the order of ``tables`` whatever order they were written in. The folder stays
     marked INCOMPLETE until the end (``complete=False``: until the caller, who adds
-    more to it, calls :func:`mark_complete`)."""
+    more to it, calls :func:`mark_complete`). ``in_snapshot(conn, snapshot)`` runs once
+    the files are written, still in that transaction (``snapshot``: its exported name
+    for pg_dump --snapshot, None when the server would not export it)."""
     begin_export_folder(folder)
     manifest = _new_manifest(conn, purpose, extra)
     work = _work(tables, where)
     # Inside a caller's transaction ours is a savepoint, whose snapshot cannot be shared.
-    extra_sessions = (min(jobs, len(work)) - 1
-                      if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-                      else 0)
+    shareable = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    extra_sessions = min(jobs, len(work)) - 1 if shareable else 0
     previous = (conn.isolation_level, conn.read_only)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
@@ -270,14 +281,19 @@ def export_tables(conn: psycopg.Connection, tables: Sequence[QualifiedName], fol
                         conn.execute("SELECT set_config('statement_timeout', '0', true)")
                         manifest.extra.setdefault("session", session_settings(conn))
                         _rows_in_physical_order(conn)
-                        helpers = _snapshot_sessions(conn, extra_sessions)
+                        snapshot = (_export_snapshot(conn) if shareable and (
+                            extra_sessions or in_snapshot) else None)
+                        helpers = _snapshot_sessions(conn, extra_sessions, snapshot=snapshot)
                         try:
                             results = _run_exports(conn, helpers, work, folder, show_progress)
                         finally:
                             for helper in helpers:
                                 helper.close()
+                        if in_snapshot is not None:
+                            in_snapshot(conn, snapshot)
                 except _NoSnapshot:
-                    extra_sessions = 0  # that transaction was rolled back: again, on one session
+                    # That transaction was rolled back: again, on one session.
+                    extra_sessions, shareable = 0, False
                     continue
                 break
     except BaseException:

@@ -42,6 +42,7 @@ from playbook.db.queries import run_script
 from playbook.exports import export_tables
 from playbook.procedures import drops, recovery, table_diff
 from playbook.procedures import table_repair as repair
+from playbook.procedures.rollback_export import export_with_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output" / "issue18"
@@ -56,6 +57,7 @@ TODAY = {
     "recovery": "16.4 s vs pg_restore --single-transaction 5.1 s: 3.2x",
     "surgical": "34.7 s (scratch restore 7.7 s, diff 7.6 s) vs full restore 6.7 s: 5.2x",
     "diff": "7.6 s, 130 k rows/s vs pg_restore -t 2.1 s: 3.6x",
+    "step1": "(no value digest yet)",
 }
 TARGETS = {"export": 1.0, "recovery": 1.5, "surgical": 1.5}
 
@@ -119,6 +121,26 @@ def _export(url: str, major: int, folder: Path) -> tuple[list[float], list[float
                     _psql(url, major, f"\\copy (SELECT * FROM {table}) TO '{target}' CSV HEADER")  # noqa: S608, E501
                 theirs.append(time.perf_counter() - started)
     return ours, theirs
+
+
+def _step_one(url: str, folder: Path) -> tuple[list[float], list[float]]:
+    """Step 1 whole (CSV files, pg_dump archive in their snapshot) with the value digests
+    taken beside pg_dump, against the same without them; the folder is left as step 1
+    leaves it (with digests), for the recovery."""
+    migration = load_migration("coaching_tables")
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for repeat in range(REPEATS):
+        for digests in ((False, True) if repeat % 2 == 0 else (True, False)):
+            _checkpoint(url)
+            shutil.rmtree(folder, ignore_errors=True)
+            with psycopg.connect(url) as conn:
+                started = time.perf_counter()
+                export_with_archive(conn, url, TABLES, folder, purpose="bench",
+                                    extra=drops.export_extra(migration, TABLES),
+                                    archive=folder / f"{migration.name}.dump",
+                                    show_progress=False, digests=digests)
+                runs[digests].append(time.perf_counter() - started)
+    return runs[True], runs[False]
 
 
 def _recovery(url: str, major: int, folder: Path, archive: Path) -> dict[str, list[float]]:
@@ -216,8 +238,8 @@ def main() -> list[str]:
         lines = [f"PostgreSQL {version}; {loaded}; {REPEATS} interleaved repeats, medians"]
         folder = OUT / "export"
         exp_ours, exp_psql = _export(url, major, folder)
-        archive = OUT / "coaching_tables.dump"  # the export step's own pg_dump -Fc archive
-        backups.dump_archive(url, TABLES, archive, server_major=major)
+        step_digests, step_plain = _step_one(url, folder)
+        archive = folder / "coaching_tables.dump"  # the export step's own pg_dump -Fc archive
         rec = _recovery(url, major, folder, archive)
         surg = _surgical(url, admin, major)
     rows = []
@@ -231,6 +253,11 @@ def main() -> list[str]:
         f"{_median(exp_ours):.2f} s {_runs(exp_ours)} vs psql \\copy TO {_median(exp_psql):.2f} s "
         f"{_runs(exp_psql)}: {ratio:.2f} (spread {_spread(exp_ours, exp_psql)})",
         ratio <= TARGETS["export"])
+    row("step 1 whole: CSV + pg_dump archive + value digests (beside pg_dump)", "step1",
+        f"{_median(step_digests):.2f} s {_runs(step_digests)} vs without the digests "
+        f"{_median(step_plain):.2f} s {_runs(step_plain)}: "
+        f"{_median(step_digests) / _median(step_plain):.2f} (spread "
+        f"{_spread(step_digests, step_plain)})", None)
     row("ACCESS EXCLUSIVE held by the drop", "lock",
         f"{_median(rec['lock']):.0f} ms {_runs(rec['lock'])}; a login read of profiles waited "
         f"at most {max(rec['login']):.0f} ms", max(rec["lock"]) < 200)

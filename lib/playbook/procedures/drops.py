@@ -357,6 +357,13 @@ def final_export(conn: psycopg.Connection, migration: Migration, tables: list[Qu
         "changed_tables": changed,
         "note": "step 1's export, taken before writes were blocked; it and its pg_dump "
         "archive miss the writes made since. Recover from this folder's CSV files."}
+    # A table whose file is step 1's, byte for byte, keeps step 1's value digest (taken
+    # in step 1's snapshot, of these very rows): none is computed under the lock, where
+    # it would hold writers up; a changed table is proven by its CSV's SHA-256 instead.
+    kept = {f.table: f.value_digest for f in preliminary.files
+            if before.get(f.table) == after.get(f.table)}
+    for entry in manifest.files:
+        entry.value_digest = kept.get(entry.table, "")
     write_manifest(staging, manifest)
     mark_complete(staging, manifest)  # durable before the swap, and before COMMIT
     # Until COMMIT nothing is dropped: a crash between these steps leaves the tables and

@@ -3,9 +3,10 @@
 In one transaction: re-apply the migration's deploy script, re-import the export's CSV
 files parents first, move every sequence the tables own past its column's MAX (only
 forward: a re-created empty table's stays at its minimum), then prove it: per table, the
-row count and the SHA-256 of the table written out as the export wrote it equal the
-manifest's. Any difference is a ROLLBACK. A missing, incomplete or damaged export is refused before
-anything is changed.
+row count and the digest of its values computed on the server equal those step 1
+recorded in its snapshot (:mod:`value_digest`), or, for a table without one, the SHA-256
+of the table written out as the export wrote it equals the manifest's. Any difference is
+a ROLLBACK. A missing, incomplete or damaged export is refused before anything is changed.
 
 The import loads the way pg_restore does (:func:`bulk_import`): the foreign keys and
 secondary indexes of the tables just created are set aside, the data is copied, then
@@ -26,6 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from .. import value_digest
 from ..changesets.migration import Migration
 from ..changesets.objects import find_in_database, migration_objects
 from ..csv_import import csv_columns, import_csv, table_sha256
@@ -367,6 +369,29 @@ def bulk_import(conn: psycopg.Connection, tables: list[QualifiedName], folder: P
     return imported
 
 
+def proof_checks(conn: psycopg.Connection, table: QualifiedName, folder: Path,
+                 manifest: Manifest, *, show_progress: bool = False) -> list[Check]:
+    """The proof that ``table`` now holds the exported rows, in the recovery's
+    transaction: the digest of its values computed on the server, against the one step 1
+    recorded in its snapshot (value_digest.py); an export without one, or a table whose
+    types cannot be hashed, is re-read as CSV and hashed as the export's file was."""
+    entry = manifest.by_table()[str(table)]
+    columns = csv_columns(folder / entry.file)
+    digest = (value_digest.table_digest(conn, table, columns)
+              if entry.value_digest else None)
+    if digest is not None:
+        rows = int(digest.split(":")[1])
+        return [Check(f"{table} rows equal the export's", rows == entry.rows, rows, entry.rows),
+                Check(f"{table} values equal the export's (server-side digest)",
+                      digest == entry.value_digest, digest, entry.value_digest)]
+    rows, _size, sha256 = table_sha256(
+        conn, table, columns, manifest.extra.get("session") or {},
+        show_progress=show_progress, expected_bytes=entry.bytes)
+    return [Check(f"{table} rows equal the export's", rows == entry.rows, rows, entry.rows),
+            Check(f"{table} SHA-256 equals the export's", sha256 == entry.sha256,
+                  sha256[:16], entry.sha256[:16])]
+
+
 def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Path,
                      *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
                      show_progress: bool = False) -> RecoveryResult:
@@ -399,17 +424,9 @@ def perform_recovery(conn: psycopg.Connection, migration: Migration, folder: Pat
             for table in import_order(manifest):
                 result.sequences.update({p.sequence: p.next_value
                                          for p in advance_sequences(conn, table)})
-            settings = manifest.extra.get("session") or {}
             for table in import_order(manifest):
-                entry = manifest.by_table()[str(table)]
-                rows, _size, digest = table_sha256(
-                    conn, table, csv_columns(folder / entry.file), settings,
-                    show_progress=show_progress, expected_bytes=entry.bytes)
-                result.checks.append(Check(f"{table} rows equal the export's",
-                                           rows == entry.rows, rows, entry.rows))
-                result.checks.append(Check(f"{table} SHA-256 equals the export's",
-                                           digest == entry.sha256, digest[:16],
-                                           entry.sha256[:16]))
+                result.checks += proof_checks(conn, table, folder, manifest,
+                                              show_progress=show_progress)
             for name, next_value in result.sequences.items():
                 result.checks.append(Check(f"{name} hands out a new value next", True,
                                            f"next {next_value}", "past MAX"))

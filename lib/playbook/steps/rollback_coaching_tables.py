@@ -14,7 +14,6 @@ import pandas as pd
 from IPython.display import display
 
 from .. import journal
-from ..backups import dump_archive
 from ..changesets.dependencies import (
     check_include_dependents,
     dependents_table,
@@ -25,7 +24,7 @@ from ..changesets.migration import Migration, load_migration
 from ..changesets.objects import Inventory, find_in_database
 from ..db.connecting import lock_timeout_setting
 from ..db.pgbinaries import client_program
-from ..exports import MANIFEST, export_tables, mark_complete, write_manifest
+from ..exports import MANIFEST
 from ..gates import Gate
 from ..procedures.drops import (
     DEFAULT_LOCK_TIMEOUT,
@@ -40,6 +39,7 @@ from ..procedures.drops import (
     rows_dropped,
 )
 from ..procedures.health import check_application
+from ..procedures.rollback_export import export_with_archive
 from ..reversal.reversible import ReversibleMigration
 from ..runs import Run
 
@@ -144,8 +144,9 @@ def gate(run: Run, migration: Migration, export_dir: Path) -> Gate:
 def export_data(run: Run, migration: Migration, export_dir: Path,
                 *, archive: bool = True, show_progress: bool = True) -> pd.DataFrame:
     """Step 1: every table of the migration to CSV with rows and SHA-256 in manifest.json
-    (one snapshot), plus a pg_dump custom-format archive of the tables. Read-only for the
-    database; writes only into ``export_dir``. Runs only while the run's gates are open.
+    (one snapshot), plus a pg_dump custom-format archive of the tables and each table's
+    value digest, taken in that snapshot (:mod:`procedures.rollback_export`). Read-only
+    for the database; writes only into ``export_dir``. Runs only while the run's gates are open.
     (A migration reversed by schema diff exports what its reversal destroys beside it, as a
     preview: its rollback exports again under its write lock, into ``export_dir``.)"""
     if isinstance(migration, ReversibleMigration):
@@ -159,15 +160,11 @@ def export_data(run: Run, migration: Migration, export_dir: Path,
         # A pg_dump too old for the server is refused before any file is written, so no
         # CSV-only export is ever left for a drop to accept.
         pg_dump = client_program("pg_dump", major) if archive and tables else None
-        # INCOMPLETE until the archive is written too (mark_complete below).
-        manifest = export_tables(conn, tables, export_dir, purpose=f"rollback of "
-                                 f"{migration.name}", show_progress=show_progress,
-                                 extra=export_extra(migration, tables), complete=False)
-    if archive and tables:
-        manifest.extra["archive"] = dump_archive(run.url(), tables, export_dir / (
-            f"{migration.name}.dump"), server_major=major, pg_dump=pg_dump)
-        write_manifest(export_dir, manifest)
-    mark_complete(export_dir, manifest)
+        manifest = export_with_archive(
+            conn, run.url(), tables, export_dir, purpose=f"rollback of {migration.name}",
+            extra=export_extra(migration, tables), show_progress=show_progress,
+            archive=export_dir / f"{migration.name}.dump" if archive else None,
+            pg_dump=pg_dump)
     return manifest_table(manifest, export_dir)
 
 
