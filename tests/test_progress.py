@@ -78,3 +78,33 @@ def test_a_load_run_by_another_program_is_watched_through_the_servers_copy_count
         loaded = conn.execute("SELECT count(*) FROM public.loaded").fetchone()[0]
     assert loaded == 60_000
     assert 0 < seen_while_loading <= loaded
+
+
+def test_a_dump_is_watched_apart_from_loads(demo_db, monkeypatch):
+    """pg_dump's COPY ... TO (step 1's archive) has its own bar: a load's bar does not
+    count it, and the dump's does not count loads."""
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.05)
+    with psycopg.connect(demo_db.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.dumped AS SELECT g AS id, repeat('x', 200) AS body "
+                     "FROM generate_series(1, 200000) g")
+    read = []
+
+    def dump() -> None:  # the other program: a COPY TO read slowly
+        with psycopg.connect(demo_db.url) as conn, conn.cursor() as cur:
+            with cur.copy("COPY public.dumped TO STDOUT") as copying:
+                for data in copying:
+                    read.append(len(data))
+                    if len(read) % 20000 == 0:
+                        time.sleep(0.1)
+
+    reader = threading.Thread(target=dump)
+    with progress.LoadProgress(lambda: psycopg.connect(demo_db.url), None, "pg_dump",
+                               enabled=True, command=progress.DUMPS) as dumps, \
+            progress.LoadProgress(lambda: psycopg.connect(demo_db.url), None, "restore",
+                                  enabled=True) as loads:
+        reader.start()
+        reader.join()
+        seen_dumping, seen_loading = dumps.rows, loads.rows
+    assert len(read) == 200000
+    assert 0 < seen_dumping <= 200000
+    assert seen_loading == 0

@@ -2,10 +2,11 @@
 stderr under ``playbook run``.
 
 Three sources: the playbook's own COPY loops (exports, proofs, imports) count bytes and
-rows as they go; the diff counts the rows it has merged; a load that another program
-runs (psql restoring a scratch copy) is watched from the server's own progress view,
-``pg_stat_progress_copy`` (PostgreSQL 14 and later), twice a second. A progress bar never
-stops a step: if the server cannot be watched, the step runs without one.
+rows as they go; the diff counts the rows it has merged; what another program copies
+(psql restoring a scratch copy, pg_dump writing step 1's archive) is watched from the
+server's own progress view, ``pg_stat_progress_copy`` (PostgreSQL 14 and later), twice a
+second. A progress bar never stops a step: if the server cannot be watched, the step runs
+without one.
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ def show_megabytes(bar, megabytes: float) -> None:
 
 _COPY_PROGRESS = """
 SELECT relid::regclass::text, bytes_processed, tuples_processed
-FROM pg_stat_progress_copy WHERE datname = current_database()
+FROM pg_stat_progress_copy WHERE datname = current_database() AND command = %s
 """
+LOADS, DUMPS = "COPY FROM", "COPY TO"
 
 
 class LoadProgress:
     """While another program loads a database (``connect`` opens a session to it): the
     bytes and rows its COPY statements have processed, per table, summed into one bar
-    whose total is the size of the script being loaded."""
+    whose total is the size of the script being loaded. ``command=DUMPS``: while a
+    program (pg_dump) reads tables out with COPY ... TO instead."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection], total_bytes: int | None,
-                 description: str, enabled: bool) -> None:
+                 description: str, enabled: bool, *, command: str = LOADS) -> None:
         self._connect = connect
+        self._command = command
         self._description = description
         self._bar = progress_bar(total_bytes, description, enabled)
         self._enabled = enabled
@@ -75,7 +79,8 @@ class LoadProgress:
             with self._connect() as conn:
                 conn.autocommit = True
                 while not self._stop.wait(POLL_SECONDS):
-                    for table, done, rows in conn.execute(_COPY_PROGRESS).fetchall():
+                    for table, done, rows in conn.execute(_COPY_PROGRESS,
+                                                          (self._command,)).fetchall():
                         before = self._seen.get(table, (0, 0))
                         self._seen[table] = (max(before[0], done or 0),
                                              max(before[1], rows or 0))

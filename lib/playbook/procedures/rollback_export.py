@@ -17,9 +17,11 @@ import psycopg
 
 from .. import value_digest
 from ..backups import dump_archive
+from ..db import connecting
 from ..db.names import QualifiedName
 from ..errors import ExportMismatch
 from ..exports import Manifest, export_tables, mark_complete, write_manifest
+from ..progress import DUMPS, LoadProgress
 
 OWN_SNAPSHOT = ("pg_dump's own: the server would not share the CSV files' snapshot, so the "
                 "archive may hold writes made after them")
@@ -47,9 +49,12 @@ def export_with_archive(conn: psycopg.Connection, url: str, tables: list[Qualifi
             digest(session)
             return
         try:
-            archived.update(dump_archive(url, tables, archive, server_major=major,
-                                         pg_dump=pg_dump, snapshot=snapshot,
-                                         meanwhile=lambda: digest(session)))
+            with LoadProgress(lambda: connecting.connect(url=url, purpose="archive-progress"),
+                              None, f"pg_dump {archive.name}",
+                              show_progress, command=DUMPS):
+                archived.update(dump_archive(url, tables, archive, server_major=major,
+                                             pg_dump=pg_dump, snapshot=snapshot,
+                                             meanwhile=lambda: digest(session)))
             archived["snapshot"] = "the CSV files'" if snapshot else OWN_SNAPSHOT
         except ExportMismatch as exc:
             if not snapshot or "snapshot" not in str(exc):
