@@ -3,6 +3,7 @@ changesets/dependencies.py and objects.py), against the real PostgreSQL the fixt
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -153,7 +154,6 @@ def test_rows_written_after_the_export_are_in_the_final_export_the_drop_leaves(
         demo_db, coaching, exported):
     import csv
     import hashlib
-    import json
 
     from playbook.procedures import recovery
 
@@ -279,8 +279,6 @@ def test_rollback_of_an_already_rolled_back_migration_is_not_an_error(demo_db, c
 
 
 def test_pg_dump_archive_is_written_without_the_password_in_argv(demo_db, coaching, exported):
-    import json
-
     manifest = json.loads((exported / "manifest.json").read_text())
     archive = exported / manifest["extra"]["archive"]["file"]
     assert archive.read_bytes()[:5] == b"PGDMP"
@@ -483,6 +481,41 @@ def test_an_export_falls_back_to_one_session_when_no_connection_slot_is_left(
         with demo_db.connect(autocommit=True) as admin:
             admin.execute("DROP OWNED BY export_single")
             admin.execute("DROP ROLE export_single")
+
+
+def test_with_one_connection_slot_step_one_still_writes_its_archive_and_digests(
+        demo_db, coaching, tmp_path):
+    """pg_dump cannot share the export's snapshot when the export's own session holds the
+    role's only connection slot: the archive is taken once that session is closed, and
+    the manifest says it is of its own moment (and why)."""
+    from playbook.procedures.rollback_export import export_with_archive
+
+    with demo_db.connect(autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS export_single")
+        admin.execute("CREATE ROLE export_single LOGIN BYPASSRLS PASSWORD 'only-one' "
+                      "CONNECTION LIMIT 1")
+        admin.execute("GRANT USAGE ON SCHEMA public TO export_single")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO export_single")
+        admin.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO export_single")
+    url = psycopg.conninfo.make_conninfo(demo_db.url, user="export_single",
+                                         password="only-one")
+    try:
+        manifest = export_with_archive(
+            lambda: psycopg.connect(url), url, _coaching_tables(), tmp_path / "x",
+            purpose="t", extra={}, archive=tmp_path / "x" / "a.dump", show_progress=False)
+    finally:
+        with demo_db.connect(autocommit=True) as admin:
+            admin.execute("DROP OWNED BY export_single")
+            admin.execute("DROP ROLE export_single")
+    note = manifest.extra["archive"]["snapshot"]
+    assert note.startswith("pg_dump's own") and "too many connections" in note
+    assert "only-one" not in json.dumps(manifest.extra)
+    assert (tmp_path / "x" / "a.dump").read_bytes()[:5] == b"PGDMP"
+    with demo_db.connect() as conn:  # the suite's own count of every exported table
+        for entry in manifest.files:
+            rows = conn.execute(f"SELECT count(*) FROM {entry.table}").fetchone()[0]  # noqa: S608
+            assert entry.rows == rows and entry.value_digest.startswith(f"hre1:{rows}:")
+    assert not (tmp_path / "x" / "INCOMPLETE").exists()
 
 
 def test_a_failing_table_stops_a_parallel_export_without_a_manifest(demo_db, tmp_path):

@@ -11,6 +11,7 @@ the export slower than ``psql \\copy``, issue 14's bound).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -23,22 +24,22 @@ from ..errors import ExportMismatch
 from ..exports import Manifest, export_tables, mark_complete, write_manifest
 from ..progress import DUMPS, LoadProgress
 
-OWN_SNAPSHOT = ("pg_dump's own: the server would not share the CSV files' snapshot, so the "
-                "archive may hold writes made after them")
+OWN_SNAPSHOT = "pg_dump's own, taken after the CSV files' (it could not share theirs: {})"
 
 
-def export_with_archive(conn: psycopg.Connection, url: str, tables: list[QualifiedName],
-                        folder: Path, *, purpose: str, extra: dict, archive: Path | None,
-                        pg_dump: Path | None = None, show_progress: bool = True,
-                        digests: bool = True) -> Manifest:
+def export_with_archive(connect: Callable[[], psycopg.Connection], url: str,
+                        tables: list[QualifiedName], folder: Path, *, purpose: str,
+                        extra: dict, archive: Path | None, pg_dump: Path | None = None,
+                        show_progress: bool = True, digests: bool = True) -> Manifest:
     """Export ``tables`` into ``folder`` as step 1 does, then mark it complete: CSV files,
     each table's value digest (``digests``) and, unless ``archive`` is None, the pg_dump
     archive at that path, all of the CSV files' snapshot when the server shares it.
-    ``conn`` must not be in a transaction; ``url`` reaches pg_dump through its
-    environment only."""
-    major = conn.info.server_version // 10000
+    ``connect()`` opens the export's session (closed before a second attempt at the
+    archive, which then needs one connection slot only); ``url`` reaches pg_dump
+    through its environment only."""
     found: dict[str, str] = {}
     archived: dict[str, object] = {}
+    refused: list[str] = []  # why pg_dump could not dump the CSV files' snapshot
 
     def digest(session: psycopg.Connection) -> None:
         if digests:
@@ -50,24 +51,28 @@ def export_with_archive(conn: psycopg.Connection, url: str, tables: list[Qualifi
             return
         try:
             with LoadProgress(lambda: connecting.connect(url=url, purpose="archive-progress"),
-                              None, f"pg_dump {archive.name}",
-                              show_progress, command=DUMPS):
+                              None, f"pg_dump {archive.name}", show_progress,
+                              command=DUMPS):
                 archived.update(dump_archive(url, tables, archive, server_major=major,
                                              pg_dump=pg_dump, snapshot=snapshot,
                                              meanwhile=lambda: digest(session)))
-            archived["snapshot"] = "the CSV files'" if snapshot else OWN_SNAPSHOT
         except ExportMismatch as exc:
-            if not snapshot or "snapshot" not in str(exc):
-                raise
-            # pg_dump reached a server that does not know the snapshot (a pooler
-            # in between): the archive is taken in its own, and the record says so.
-            archived.update(dump_archive(url, tables, archive, server_major=major,
-                                         pg_dump=pg_dump))
-            archived["snapshot"] = OWN_SNAPSHOT
+            # No connection slot beside the export's session, or a pooler in between
+            # that does not know the snapshot: again once the session is closed.
+            refused.append(exc.message[:300])
+            return
+        archived["snapshot"] = ("the CSV files'" if snapshot else OWN_SNAPSHOT.format(
+            "the server would not export it"))
 
-    manifest = export_tables(conn, tables, folder, purpose=purpose,
-                             show_progress=show_progress, extra=extra, complete=False,
-                             in_snapshot=in_snapshot if tables else None)
+    with connect() as conn:
+        major = conn.info.server_version // 10000
+        manifest = export_tables(conn, tables, folder, purpose=purpose,
+                                 show_progress=show_progress, extra=extra, complete=False,
+                                 in_snapshot=in_snapshot if tables else None)
+    if refused:
+        archived.update(dump_archive(url, tables, archive, server_major=major,
+                                     pg_dump=pg_dump))
+        archived["snapshot"] = OWN_SNAPSHOT.format(refused[0])
     for entry in manifest.files:
         entry.value_digest = found.get(entry.table, "")
     if archived:

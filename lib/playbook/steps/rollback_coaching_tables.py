@@ -156,15 +156,14 @@ def export_data(run: Run, migration: Migration, export_dir: Path,
     with run.connect(read_only=True, purpose=f"{run.notebook}:export") as conn:
         tables = export_order(conn, find_in_database(conn, migration, count_rows=False))
         major = conn.info.server_version // 10000
-        conn.commit()
-        # A pg_dump too old for the server is refused before any file is written, so no
-        # CSV-only export is ever left for a drop to accept.
-        pg_dump = client_program("pg_dump", major) if archive and tables else None
-        manifest = export_with_archive(
-            conn, run.url(), tables, export_dir, purpose=f"rollback of {migration.name}",
-            extra=export_extra(migration, tables), show_progress=show_progress,
-            archive=export_dir / f"{migration.name}.dump" if archive else None,
-            pg_dump=pg_dump)
+    # A pg_dump too old for the server is refused before any file is written, so no
+    # CSV-only export is ever left for a drop to accept.
+    pg_dump = client_program("pg_dump", major) if archive and tables else None
+    manifest = export_with_archive(
+        lambda: run.connect(read_only=True, purpose=f"{run.notebook}:export"), run.url(),
+        tables, export_dir, purpose=f"rollback of {migration.name}",
+        extra=export_extra(migration, tables), show_progress=show_progress,
+        archive=export_dir / f"{migration.name}.dump" if archive else None, pg_dump=pg_dump)
     return manifest_table(manifest, export_dir)
 
 
