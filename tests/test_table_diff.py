@@ -182,3 +182,56 @@ def test_key_ranges_and_keyset_pages_merge_right_whatever_order_rows_arrive_in(
                      table_diff.CHANGED: sorted(set(changed) - set(deleted)),
                      table_diff.ADDED: sorted(added)}
     assert (diff.backup_rows, diff.live_rows) == (len(ids), len(ids) - len(deleted) + 3)
+
+
+# --- handing the differing keys to the sinks ---------------------------------------------
+
+
+class _Recording(table_diff.KeySink):
+    """A sink on one session that records its batches; ``waits_for``: it does not write
+    until that event is set (a sink fed one after the other would wait in vain)."""
+
+    def __init__(self, session, waits_for=None, announces=None, fails=False) -> None:
+        self.sessions = (session,)
+        self.batches: list[list[tuple]] = []
+        self.waits_for, self.announces, self.fails = waits_for, announces, fails
+
+    def write(self, keys: list[tuple]) -> None:
+        if self.announces is not None:
+            self.announces.set()
+        if self.waits_for is not None and not self.waits_for.wait(10):
+            raise AssertionError("the other session's sink was not fed at the same time")
+        if self.fails:
+            raise RuntimeError("the backup's server went away")
+        self.batches.append(keys)
+
+
+def test_sinks_of_the_two_sessions_are_fed_side_by_side_each_in_key_order():
+    import threading
+
+    import numpy as np
+
+    scratch, live = object(), object()
+    started = threading.Event()
+    backup_side = _Recording(scratch, waits_for=started)
+    live_side = _Recording(live, announces=started)
+    keys = {table_diff.DELETED: np.arange(1, 12, dtype=np.int64),
+            table_diff.CHANGED: np.empty(0, np.int64),
+            table_diff.ADDED: np.arange(100, 105, dtype=np.int64)}
+    table_diff.deliver({table_diff.DELETED: [backup_side], table_diff.ADDED: [live_side]},
+                       keys, batch=4)
+    assert backup_side.batches == [[(1,), (2,), (3,), (4,)], [(5,), (6,), (7,), (8,)],
+                                   [(9,), (10,), (11,)]]
+    assert live_side.batches == [[(100,), (101,), (102,), (103,)], [(104,)]]
+
+
+def test_a_sink_that_fails_on_one_session_is_raised_after_the_other_finished():
+    import numpy as np
+
+    failing, other = _Recording(object(), fails=True), _Recording(object())
+    keys = {table_diff.DELETED: np.arange(1, 4, dtype=np.int64),
+            table_diff.ADDED: np.arange(7, 9, dtype=np.int64)}
+    with pytest.raises(RuntimeError, match="went away"):
+        table_diff.deliver({table_diff.DELETED: [failing], table_diff.ADDED: [other]},
+                           keys, batch=10)
+    assert other.batches == [[(7,), (8,)]]

@@ -183,9 +183,6 @@ class _Side:
                 self._pages.get(timeout=0.1)
 
 
-Found = Callable[[str, tuple], None]
-
-
 def merged_blocks(scratch: psycopg.Connection, live: psycopg.Connection, shape
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per block, in key order: (backup keys, backup hashes, live keys, live hashes)
@@ -225,11 +222,11 @@ def _blocks(backup: _Side, current: _Side):
 
 
 def compare(scratch: psycopg.Connection, live: psycopg.Connection, shape, diff,
-            found: Found, added_digest, tick: Callable[[int], None] | None = None) -> None:
-    """Fill ``diff``'s counts, then hand each differing key to ``found`` (in key order
-    per kind) once both streams have ended (``found``'s sinks query the same sessions);
-    rows added since the backup also go into ``added_digest`` with their hash. Only the
-    differing keys are kept meanwhile, as int64 arrays. ``tick`` gets the backup rows
+            added_digest, tick: Callable[[int], None] | None = None
+            ) -> dict[str, np.ndarray]:
+    """Fill ``diff``'s counts and return the differing keys per kind (deleted, changed,
+    added), each in key order, as int64 arrays (only they are kept); rows added since the
+    backup also go into ``added_digest`` with their hash. ``tick`` gets the backup rows
     of each block merged (the progress bar)."""
     from .table_diff import ADDED, CHANGED, DELETED
 
@@ -259,7 +256,5 @@ def compare(scratch: psycopg.Connection, live: psycopg.Connection, shape, diff,
             added_digest.update(f"{key}\t{row_hash}\n".encode())
         if tick is not None:
             tick(len(b_keys))
-    for kind, blocks in kept.items():
-        for block in blocks:
-            for key in block.tolist():
-                found(kind, (key,))
+    return {kind: np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+            for kind, blocks in kept.items()}

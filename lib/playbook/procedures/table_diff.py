@@ -18,12 +18,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
@@ -220,7 +222,11 @@ def key_text(key: Key) -> str:
 
 
 class KeySink:
-    """Receives batches of keys of one kind (export to CSV, stage for the repair)."""
+    """Receives batches of keys of one kind (export to CSV, stage for the repair).
+    ``sessions``: the connections its writes use (sinks on different sessions may be fed
+    side by side)."""
+
+    sessions: tuple[psycopg.Connection, ...] = ()
 
     def write(self, keys: list[Key]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -239,6 +245,7 @@ class CsvExport(KeySink):
 
     def __init__(self, conn: psycopg.Connection, shape: TableShape, path: Path) -> None:
         self.conn, self.shape, self.path = conn, shape, path
+        self.sessions = (conn,)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "wb")
         self.digest = hashlib.sha256()
@@ -276,6 +283,7 @@ class ModifiedAfter(KeySink):
 
     def __init__(self, live: psycopg.Connection, shape: TableShape, moment: datetime) -> None:
         self.live, self.shape, self.moment = live, shape, moment
+        self.sessions = (live,)
         self.rows = 0
         self.samples: list[str] = []
 
@@ -343,6 +351,44 @@ class TableDiff:
         }
 
 
+def deliver(sinks: dict[str, list[KeySink]], keys: dict[str, np.ndarray], batch: int) -> None:
+    """Each sink gets its kind's ``keys`` (one integer column, in key order) in batches.
+    When every sink reads or writes one session, the sinks of different sessions are fed
+    side by side, a thread per session: fetching a changed row by its key is a random
+    lookup on its server, and the backup's and live's servers can do theirs at once."""
+    work = [(sink, keys[kind]) for kind in (DELETED, CHANGED, ADDED)
+            for sink in sinks.get(kind, []) if len(keys.get(kind, ()))]
+
+    def feed(items: list) -> None:
+        for sink, found in items:
+            for start in range(0, len(found), batch):
+                sink.write([(key,) for key in found[start:start + batch].tolist()])
+
+    groups: dict[int, list] = {}
+    for sink, found in work:
+        if len(sink.sessions) != 1:
+            feed(work)  # a sink that uses both sessions: one at a time, in order
+            return
+        groups.setdefault(id(sink.sessions[0]), []).append((sink, found))
+    *others, first = groups.values() or [[]]
+    failures: list[BaseException] = []
+
+    def feed_catching(items: list) -> None:
+        try:
+            feed(items)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the caller's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=feed_catching, args=(items,)) for items in others]
+    for thread in threads:
+        thread.start()
+    feed_catching(first)
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: TableShape,
                   sinks: dict[str, list[KeySink]] | None = None,
                   *, batch: int = BATCH, tick: Callable[[int], None] | None = None
@@ -377,9 +423,10 @@ def compare_table(scratch: psycopg.Connection, live: psycopg.Connection, shape: 
 
     if diff_blocks.applies(scratch, live, shape):
         # One integer key: hashed on each server, merged in numpy blocks (diff_blocks.py).
-        diff_blocks.compare(scratch, live, shape, diff, found, added_digest, tick)
-        for kind in pending:
-            flush(kind)
+        differing = diff_blocks.compare(scratch, live, shape, diff, added_digest, tick)
+        for kind, keys in differing.items():
+            diff.samples[kind] = [key_text((key,)) for key in keys[:SAMPLE].tolist()]
+        deliver(sinks, differing, batch)
         diff.added_digest = added_digest.hexdigest()
         return diff
     backup_rows = stream_keys(scratch, shape, "playbook_diff_backup")
