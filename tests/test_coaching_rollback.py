@@ -458,38 +458,9 @@ def test_export_sessions_share_one_snapshot_so_rows_committed_meanwhile_are_in_n
         conn.rollback()
 
 
-def test_an_export_falls_back_to_one_session_when_no_connection_slot_is_left(
-        demo_db, tmp_path):
-    from playbook.exports import export_tables
-
-    with demo_db.connect(autocommit=True) as admin:
-        admin.execute("DROP ROLE IF EXISTS export_single")
-        admin.execute("CREATE ROLE export_single LOGIN BYPASSRLS PASSWORD 'only-one' "
-                      "CONNECTION LIMIT 1")
-        admin.execute("GRANT USAGE ON SCHEMA public TO export_single")
-        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO export_single")
-    try:
-        with demo_db.connect(user="export_single", password="only-one") as conn:
-            manifest = export_tables(conn, _coaching_tables(), tmp_path / "x", purpose="t",
-                                     show_progress=False, jobs=3)
-        with demo_db.connect() as conn:
-            reference = export_tables(conn, _coaching_tables(), tmp_path / "ref", purpose="t",
-                                      show_progress=False, jobs=1)
-        assert [f.sha256 for f in manifest.files] == [f.sha256 for f in reference.files]
-        assert all(f.rows for f in manifest.files)
-    finally:
-        with demo_db.connect(autocommit=True) as admin:
-            admin.execute("DROP OWNED BY export_single")
-            admin.execute("DROP ROLE export_single")
-
-
-def test_with_one_connection_slot_step_one_still_writes_its_archive_and_digests(
-        demo_db, coaching, tmp_path):
-    """pg_dump cannot share the export's snapshot when the export's own session holds the
-    role's only connection slot: the archive is taken once that session is closed, and
-    the manifest says it is of its own moment (and why)."""
-    from playbook.procedures.rollback_export import export_with_archive
-
+@pytest.fixture
+def one_slot_role(demo_db):
+    """A role that may read everything but hold one connection at a time: its URL."""
     with demo_db.connect(autocommit=True) as admin:
         admin.execute("DROP ROLE IF EXISTS export_single")
         admin.execute("CREATE ROLE export_single LOGIN BYPASSRLS PASSWORD 'only-one' "
@@ -497,16 +468,38 @@ def test_with_one_connection_slot_step_one_still_writes_its_archive_and_digests(
         admin.execute("GRANT USAGE ON SCHEMA public TO export_single")
         admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO export_single")
         admin.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO export_single")
-    url = psycopg.conninfo.make_conninfo(demo_db.url, user="export_single",
+    yield psycopg.conninfo.make_conninfo(demo_db.url, user="export_single",
                                          password="only-one")
-    try:
-        manifest = export_with_archive(
-            lambda: psycopg.connect(url), url, _coaching_tables(), tmp_path / "x",
-            purpose="t", extra={}, archive=tmp_path / "x" / "a.dump", show_progress=False)
-    finally:
-        with demo_db.connect(autocommit=True) as admin:
-            admin.execute("DROP OWNED BY export_single")
-            admin.execute("DROP ROLE export_single")
+    with demo_db.connect(autocommit=True) as admin:
+        admin.execute("DROP OWNED BY export_single")
+        admin.execute("DROP ROLE export_single")
+
+
+def test_an_export_falls_back_to_one_session_when_no_connection_slot_is_left(
+        demo_db, one_slot_role, tmp_path):
+    from playbook.exports import export_tables
+
+    with psycopg.connect(one_slot_role) as conn:
+        manifest = export_tables(conn, _coaching_tables(), tmp_path / "x", purpose="t",
+                                 show_progress=False, jobs=3)
+    with demo_db.connect() as conn:
+        reference = export_tables(conn, _coaching_tables(), tmp_path / "ref", purpose="t",
+                                  show_progress=False, jobs=1)
+    assert [f.sha256 for f in manifest.files] == [f.sha256 for f in reference.files]
+    assert all(f.rows for f in manifest.files)
+
+
+def test_with_one_connection_slot_step_one_still_writes_its_archive_and_digests(
+        demo_db, one_slot_role, tmp_path):
+    """pg_dump cannot share the export's snapshot when the export's own session holds the
+    role's only connection slot: the archive is taken once that session is closed, and
+    the manifest says it is of its own moment (and why)."""
+    from playbook.procedures.rollback_export import export_with_archive
+
+    manifest = export_with_archive(
+        lambda: psycopg.connect(one_slot_role), one_slot_role, _coaching_tables(),
+        tmp_path / "x", purpose="t", extra={}, archive=tmp_path / "x" / "a.dump",
+        show_progress=False)
     note = manifest.extra["archive"]["snapshot"]
     assert note.startswith("pg_dump's own") and "too many connections" in note
     assert "only-one" not in json.dumps(manifest.extra)
